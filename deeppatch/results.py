@@ -1,0 +1,80 @@
+"""Result rows: the one flat record that suites produce, the harness stores and reports read.
+
+A suite returns `SuiteRow`s (what it measured). The harness completes each into a full row (which
+cell, which corrector, what it cost, versions) with `complete_row` and stores one JSON-lines file
+per grid cell. `rows_to_frame` turns rows into a pandas DataFrame with the columns of `COLUMNS`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+# Every full row has exactly these keys (values JSON-serialisable).
+COLUMNS = (
+    # which cell
+    "benchmark", "dataset", "model", "corrector", "params", "params_hash", "seed",
+    # what was measured
+    "suite", "condition", "group", "severity", "metric", "value", "n", "source", "settings",
+    # what it cost
+    "eval_time_s", "repair_time_s", "trainable_params", "added_params", "epochs",
+    # provenance
+    "device", "versions", "created",
+)
+
+
+@dataclass
+class SuiteRow:
+    """One measurement of a suite.
+
+    condition: unique label within the suite, e.g. "clean", "sigma=1.5", "fog/3",
+        "pgd-linf/eps=0.0314/steps=10", "autoattack-standard-linf/eps=0.0314", "mean", "union".
+    group: what the condition varies over, for per-condition tables and curves: "sigma", the
+        corruption name, the attack name, the spatial transform; "aggregate" for means/unions.
+    severity: the numeric strength (sigma, 1..5, eps), or None.
+    metric: "accuracy" (percent) unless stated: e.g. "routing_accuracy", "auroc", "patched_fraction".
+    source: where the data came from, e.g. "cifar10-c" (canonical arrays) or "generated" (ours).
+    settings: suite settings that produced it (attack steps, eps, seed, batch size, ...).
+    """
+
+    suite: str
+    condition: str
+    value: float
+    n: int
+    group: str = ""
+    severity: float | None = None
+    metric: str = "accuracy"
+    source: str = ""
+    settings: dict[str, Any] = field(default_factory=dict)
+    eval_time_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def params_hash(params: dict[str, Any]) -> str:
+    text = json.dumps(params, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def complete_row(row: SuiteRow, cell: dict[str, Any]) -> dict[str, Any]:
+    """Merge a suite row with the cell's identity, cost and provenance into a full row."""
+    full = {c: None for c in COLUMNS}
+    full.update({k: v for k, v in cell.items() if k in full})
+    full.update({k: v for k, v in row.to_dict().items() if k in full})
+    for key in ("params", "settings", "versions"):
+        if not isinstance(full[key], str):
+            full[key] = json.dumps(full[key] or {}, sort_keys=True, default=str)
+    unknown = set(cell) - set(COLUMNS)
+    if unknown:
+        raise ValueError(f"unknown row fields {sorted(unknown)}")
+    return full
+
+
+def rows_to_frame(rows: list[dict[str, Any]]):
+    import pandas as pd
+
+    frame = pd.DataFrame(rows, columns=list(COLUMNS))
+    return frame

@@ -78,3 +78,53 @@ def rows_to_frame(rows: list[dict[str, Any]]):
 
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
     return frame
+
+
+# --------------------------------------------------------------------------------------------
+# the result store on disk
+#
+#   <results_dir>/manifest.json            what was run: benchmark name, spec, versions, device
+#   <results_dir>/rows/<cell_key>.jsonl    all full rows of one grid cell, one JSON object per line
+#   <results_dir>/failures/<cell_key>.json a failed cell: its identity, error and traceback
+
+
+def write_cell_rows(results_dir, cell_key: str, rows: list[dict[str, Any]]) -> None:
+    """Write one cell's rows atomically (a reader sees all of them or none)."""
+    from pathlib import Path
+
+    from deeppatch.storage import atomic_write_text
+
+    text = "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in rows)
+    atomic_write_text(text, Path(results_dir) / "rows" / f"{cell_key}.jsonl")
+
+
+def read_rows(results_dir) -> list[dict[str, Any]]:
+    from pathlib import Path
+
+    from deeppatch.errors import DeepPatchError
+
+    folder = Path(results_dir) / "rows"
+    if not folder.is_dir():
+        raise DeepPatchError(f"no result rows under {str(results_dir)!r} (expected a rows/ folder)")
+    rows = []
+    for path in sorted(folder.glob("*.jsonl")):
+        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise DeepPatchError(f"{path}:{i + 1} is not valid JSON: {exc}") from exc
+    return rows
+
+
+def load_rows(results_dir):
+    """All rows under `results_dir` as one pandas DataFrame with the columns of `COLUMNS`."""
+    return rows_to_frame(read_rows(results_dir))
+
+
+def read_manifest(results_dir) -> dict[str, Any]:
+    from pathlib import Path
+
+    path = Path(results_dir) / "manifest.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}

@@ -1,0 +1,1 @@
+"""DeepPatch: blame filters (assess), patch units (correct), the runtime switch (evaluate)."""

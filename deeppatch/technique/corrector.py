@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from deeppatch.corrector import Corrector, RepairTask, Repaired
+from deeppatch.corrector import Corrector, Repaired, RepairTask
 
 
 class DeepPatchCorrector(Corrector):

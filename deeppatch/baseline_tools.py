@@ -1,0 +1,210 @@
+"""Pieces that several baseline correctors (``baselines/*.py``) share, so no baseline copies another.
+
+* `FinetuneParams`: the SGD hyperparameters every peer of the reference shares (spec section 5/6:
+  lr 0.01, momentum 0.9, weight decay 5e-4, batch 256, CosineAnnealingLR(T_max=200) per epoch).
+  Baselines subclass it and add their own fields.
+* `perturbed_pool`: ONE fixed perturbed copy of the training data, drawn once from a seeded
+  generator. Selection baselines (DeepGini, RobOT, Apricot) score and train on the very same images;
+  the reference re-augmented a selected sample when it was used (spec bug 21).
+* `fixed_batches` / `stream_batches`: seeded, shuffled batches of fixed data or of the maintenance
+  stream (clean or perturbed per sample, redrawn every epoch).
+* `fine_tune_all`: every parameter trainable, the shared training loop, best epoch on append-val.
+* `EpochGenerator`: a generator reseeded at the start of every epoch, for randomness inside a
+  training step (PGD starts, AugMix chains), so a resumed run draws the same numbers.
+* `repair_cost`, `diagnostic`: the result records.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from deeppatch.corrector import (
+    RepairCost,
+    RepairTask,
+    append_validator,
+    count_params,
+    maintenance_batches,
+    train_model,
+)
+from deeppatch.data import TensorSplit, to_float
+from deeppatch.errors import DeepPatchError
+from deeppatch.results import SuiteRow
+from deeppatch.seeding import derive_seed, make_generator
+from deeppatch.training import Batch, BatchSource, OptimConfig, StepFn, TrainResult, cross_entropy_step
+
+# --------------------------------------------------------------------------------------------
+# hyperparameters
+
+
+@dataclass
+class FinetuneParams:
+    """SGD fine-tuning of all parameters, the reference's settings for its peers (spec 5, 6)."""
+
+    epochs: int = field(default=20, metadata={"help": "training epochs (the budget's epochs override it)", "min": 0})
+    batch_size: int = field(default=256, metadata={"help": "training batch size (the budget's overrides it)",
+                                                   "min": 1})
+    lr: float = field(default=0.01, metadata={"help": "SGD learning rate", "min": 0.0})
+    momentum: float = field(default=0.9, metadata={"help": "SGD momentum", "min": 0.0, "max": 0.999})
+    weight_decay: float = field(default=5e-4, metadata={"help": "SGD weight decay", "min": 0.0})
+    t_max: int = field(default=200, metadata={
+        "help": "CosineAnnealingLR T_max in epochs, stepped once per epoch (the reference's 200 keeps lr "
+                "nearly constant over 20 epochs)", "min": 1})
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise DeepPatchError(f"parameter 'lr' must be > 0, got {self.lr!r}")
+
+    def optim(self, **overrides: Any) -> OptimConfig:
+        config = OptimConfig(lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay, t_max=self.t_max)
+        return dataclasses.replace(config, **overrides)
+
+
+P_CLEAN_HELP = ("probability that a training image stays clean; otherwise it is perturbed at a uniformly drawn "
+                "condition of the maintenance family (the reference's 'random' mode: 0.5)")
+
+
+def p_clean_field(default: float = 0.5, help: str = P_CLEAN_HELP) -> Any:
+    return field(default=default, metadata={"help": help, "min": 0.0, "max": 1.0})
+
+
+# --------------------------------------------------------------------------------------------
+# data
+
+
+@dataclass
+class PerturbedPool:
+    """A fixed perturbed copy of training data: `x[i]` is generated from the clean seed `seeds[i]`."""
+
+    x: torch.Tensor  # float [0, 1] images, the generated (perturbed or clean) version
+    seeds: torch.Tensor  # float [0, 1] images, the clean originals
+    y: torch.Tensor
+    condition: torch.Tensor  # condition index of the family per image, -1 for clean
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @property
+    def split(self) -> TensorSplit:
+        return TensorSplit(self.x, self.y)
+
+    def subset(self, index: torch.Tensor) -> PerturbedPool:
+        index = index.to(self.x.device)
+        return PerturbedPool(self.x[index], self.seeds[index], self.y[index.to(self.y.device)],
+                             self.condition[index.to(self.condition.device)])
+
+
+def perturbed_pool(task: RepairTask, data: TensorSplit, p_clean: float, purpose: str,
+                   batch_size: int = 1024) -> PerturbedPool:
+    """Each image clean with probability `p_clean`, else perturbed at a uniform condition; drawn once."""
+    gen = make_generator(task.seed, purpose, "pool")
+    xs, seeds, conds = [], [], []
+    for start in range(0, len(data), batch_size):
+        xb = to_float(data.x[start:start + batch_size].to(task.device))
+        if p_clean < 1.0:
+            xp, cond = task.perturbation.random_mix(xb, gen, p_clean)
+        else:
+            xp, cond = xb.clone(), torch.full((len(xb),), -1, dtype=torch.long, device=xb.device)
+        xs.append(xp)
+        seeds.append(xb)
+        conds.append(cond)
+    empty = torch.empty(0, *data.x.shape[1:], device=task.device)
+    return PerturbedPool(torch.cat(xs) if xs else empty, torch.cat(seeds) if seeds else empty,
+                         data.y.to(task.device), torch.cat(conds) if conds else torch.empty(0, dtype=torch.long))
+
+
+def fixed_batches(task: RepairTask, split: TensorSplit, batch_size: int, purpose: str) -> tuple[BatchSource, int]:
+    """Shuffled batches of fixed images, a new seeded order every epoch (no re-perturbation)."""
+
+    def batches(epoch: int) -> Iterator[Batch]:
+        order = make_generator(task.seed, purpose, "order", epoch)
+        yield from split.batches(batch_size, device=task.device, shuffle=True, generator=order)
+
+    return batches, split.num_batches(batch_size)
+
+
+def stream_batches(task: RepairTask, data: TensorSplit, batch_size: int, p_clean: float,
+                   purpose: str) -> tuple[BatchSource, int]:
+    """The maintenance stream: every epoch each image is clean or perturbed anew (shared helper)."""
+    return maintenance_batches(task, data, batch_size, p_clean=p_clean, purpose=purpose), data.num_batches(batch_size)
+
+
+def with_clean_train(task: RepairTask, selected: TensorSplit) -> TensorSplit:
+    """The clean training data followed by `selected` (how RobOT's paper retrains; float images)."""
+    train = task.train_data()
+    return TensorSplit(torch.cat([to_float(train.x), to_float(selected.x)]), torch.cat([train.y, selected.y]))
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Logits of `model` in eval mode for float images `x` (fp32, on x's device)."""
+    model.eval()
+    outs = [model(x[i:i + batch_size]).float() for i in range(0, len(x), batch_size)]
+    return torch.cat(outs) if outs else torch.empty(0)
+
+
+# --------------------------------------------------------------------------------------------
+# training
+
+
+class EpochGenerator:
+    """A generator for randomness inside training steps, reseeded from (seed, purpose, epoch).
+
+    `wrap(batches)` returns a batch source that reseeds it when an epoch starts, so an epoch's draws
+    do not depend on what earlier epochs drew (and resuming after epoch k reproduces them).
+    """
+
+    def __init__(self, seed: int, purpose: str, device: torch.device) -> None:
+        self.seed, self.purpose = seed, purpose
+        self.generator = torch.Generator(device=device)
+
+    def wrap(self, batches: BatchSource) -> BatchSource:
+        def reseeding(epoch: int) -> Iterator[Batch]:
+            self.generator.manual_seed(derive_seed(self.seed, self.purpose, "step", epoch))
+            yield from batches(epoch)
+
+        return reseeding
+
+
+def fine_tune_all(
+    task: RepairTask, model: nn.Module, *, tag: str, epochs: int, batches: BatchSource, num_batches: int,
+    optim: OptimConfig, step: StepFn = cross_entropy_step, validate: Callable[[nn.Module], float] | None = None,
+    select: str = "best",
+) -> tuple[TrainResult, int]:
+    """Train every parameter of `model` (in place); best epoch on append-val unless `validate` is given.
+
+    Returns the loop's result and the number of trainable parameters.
+    """
+    params = [p for p in model.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    if validate is None and select == "best":
+        validate = append_validator(task)
+    result = train_model(task, model, params, tag=tag, epochs=epochs, batches=batches, num_batches=num_batches,
+                         optim=optim, step=step, validate=validate, select=select)
+    return result, count_params(params)
+
+
+# --------------------------------------------------------------------------------------------
+# records
+
+
+def repair_cost(wall_time_s: float, trainable_params: int, epochs: int, result: TrainResult | None = None,
+                added_params: int = 0, **details: Any) -> RepairCost:
+    """A RepairCost whose details carry the training loop's selection outcome."""
+    if result is not None:
+        details = {"kept": result.kept, "best_epoch": result.best_epoch, "best_val": result.best_score,
+                   "start_val": result.start_score, **details}
+    return RepairCost(wall_time_s=wall_time_s, trainable_params=trainable_params, added_params=added_params,
+                      epochs=epochs, details=details)
+
+
+def diagnostic(corrector: str, what: str, value: float, n: int, metric: str = "count", **settings: Any) -> SuiteRow:
+    """One diagnostics row, e.g. ("deepgini", "selected", 490, 4900)."""
+    return SuiteRow(suite="diagnostics", condition=f"{corrector}/{what}", value=float(value), n=int(n),
+                    group=corrector, metric=metric, source="repair", settings=dict(settings))

@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,8 +42,8 @@ from deeppatch.training import Batch, BatchSource, OptimConfig, StepFn, TrainRes
 
 
 @dataclass
-class FinetuneParams:
-    """SGD fine-tuning of all parameters, the reference's settings for its peers (spec 5, 6)."""
+class SGDParams:
+    """SGD over every parameter with the reference's settings for its peers (spec 5, 6)."""
 
     epochs: int = field(default=20, metadata={"help": "training epochs (the budget's epochs override it)", "min": 0})
     batch_size: int = field(default=256, metadata={"help": "training batch size (the budget's overrides it)",
@@ -52,17 +51,25 @@ class FinetuneParams:
     lr: float = field(default=0.01, metadata={"help": "SGD learning rate", "min": 0.0})
     momentum: float = field(default=0.9, metadata={"help": "SGD momentum", "min": 0.0, "max": 0.999})
     weight_decay: float = field(default=5e-4, metadata={"help": "SGD weight decay", "min": 0.0})
-    t_max: int = field(default=200, metadata={
-        "help": "CosineAnnealingLR T_max in epochs, stepped once per epoch (the reference's 200 keeps lr "
-                "nearly constant over 20 epochs)", "min": 1})
 
     def __post_init__(self) -> None:
         if not self.lr > 0:
             raise DeepPatchError(f"parameter 'lr' must be > 0, got {self.lr!r}")
 
     def optim(self, **overrides: Any) -> OptimConfig:
-        config = OptimConfig(lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay, t_max=self.t_max)
-        return dataclasses.replace(config, **overrides)
+        return OptimConfig(lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay, **overrides)
+
+
+@dataclass
+class FinetuneParams(SGDParams):
+    """`SGDParams` with the reference's per-epoch CosineAnnealingLR(T_max=200)."""
+
+    t_max: int = field(default=200, metadata={
+        "help": "CosineAnnealingLR T_max in epochs, stepped once per epoch (the reference's 200 keeps lr "
+                "nearly constant over 20 epochs)", "min": 1})
+
+    def optim(self, **overrides: Any) -> OptimConfig:
+        return super().optim(**{"t_max": self.t_max, **overrides})
 
 
 P_CLEAN_HELP = ("probability that a training image stays clean; otherwise it is perturbed at a uniformly drawn "

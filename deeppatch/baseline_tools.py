@@ -80,6 +80,23 @@ def p_clean_field(default: float = 0.5, help: str = P_CLEAN_HELP) -> Any:
     return field(default=default, metadata={"help": help, "min": 0.0, "max": 1.0})
 
 
+RETRAIN_ON = ("selected", "train+selected")
+
+
+@dataclass
+class SelectionParams(FinetuneParams):
+    """Fine-tuning on selected samples: 40 epochs (the reference's RETRAIN_EPOCHS for RobOT and DeepGini)."""
+
+    epochs: int = field(default=40, metadata={"help": "training epochs (the budget's epochs override it)", "min": 0})
+    p_clean: float = field(default=0.5, metadata={
+        "help": "probability that a candidate stays clean in the fixed perturbed pool the selection scores "
+                "(the reference's 'random' mode: 0.5)", "min": 0.0, "max": 1.0})
+    retrain_on: str = field(default="selected", metadata={
+        "help": "selected: fine-tune on the selected samples only (the DeepPatch reference); train+selected: "
+                "on the clean training data plus the selected samples (how the RobOT paper retrains)",
+        "choices": RETRAIN_ON})
+
+
 # --------------------------------------------------------------------------------------------
 # data
 
@@ -145,6 +162,34 @@ def with_clean_train(task: RepairTask, selected: TensorSplit) -> TensorSplit:
     """The clean training data followed by `selected` (how RobOT's paper retrains; float images)."""
     train = task.train_data()
     return TensorSplit(torch.cat([to_float(train.x), to_float(selected.x)]), torch.cat([train.y, selected.y]))
+
+
+@dataclass
+class Selection:
+    """Which candidates of a fixed pool a selection baseline trains on, and their scores."""
+
+    pool: PerturbedPool
+    scores: torch.Tensor  # one per pool image
+    index: torch.Tensor  # selected positions in the pool, in selection order
+
+    @property
+    def selected(self) -> TensorSplit:
+        return self.pool.subset(self.index).split
+
+
+def retrain_on_selection(task: RepairTask, model: nn.Module, selection: Selection, p: SelectionParams,
+                         tag: str) -> tuple[TrainResult, int, int]:
+    """Fine-tune every parameter on exactly the selected images (plus clean train if asked).
+
+    Returns the loop's result, the trainable parameter count and the number of training images.
+    """
+    data = selection.selected
+    if p.retrain_on == "train+selected":
+        data = with_clean_train(task, data)
+    batches, n = fixed_batches(task, data, task.batch_size(p.batch_size), tag)
+    result, trainable = fine_tune_all(task, model, tag=tag, epochs=task.epochs(p.epochs), batches=batches,
+                                      num_batches=n, optim=p.optim())
+    return result, trainable, len(data)
 
 
 @torch.no_grad()

@@ -1,0 +1,126 @@
+"""`build_report`: result rows in, a report folder out (Markdown, HTML, CSV, LaTeX, PNG plots).
+
+    <out_dir>/README.md        the report in Markdown, plots linked relatively
+    <out_dir>/index.html       the same report as one self-contained page (plots embedded)
+    <out_dir>/rows.csv         every result row, in a fixed order
+    <out_dir>/headline.csv     the headline table's numbers (mean, std, n, best per column)
+    <out_dir>/headline.tex     the headline table in booktabs LaTeX
+    <out_dir>/plots/*.png      clean vs robust scatter, blur curves, corruption curves
+
+Every file is a pure function of the rows and manifest.json, so the same results regenerate the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from deeppatch.errors import DeepPatchError
+from deeppatch.report import html, latex, markdown
+from deeppatch.report.content import PLOTS_DIR, Plot, Report
+from deeppatch.report.frame import entry_table, prepare, sorted_rows
+from deeppatch.report.header import benchmark_name, header_items
+from deeppatch.report.plots import PLOT_FILES, TITLES, plot_all
+from deeppatch.report.tables import headline, sections
+from deeppatch.results import load_rows, read_manifest
+
+DATA_FILES = (("rows.csv", "every result row (all columns), sorted by dataset, model, corrector, seed, suite, "
+                           "condition"),
+              ("headline.csv", "the headline table's numbers: mean, std, number of seeds and best mark per column"),
+              ("headline.tex", "the headline table in LaTeX (booktabs)"))
+
+
+def write_file(data: bytes | str, path: Path) -> Path:
+    """Write beside the target, then rename: a reader (or a killed run) never sees half a file.
+
+    (deeppatch.storage does the same but imports torch, which a report does not otherwise need.)
+    """
+    data = data.encode("utf-8") if isinstance(data, str) else data
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def output_dir(out_dir: str | Path) -> Path:
+    path = Path(out_dir)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DeepPatchError(f"cannot create report folder {str(path)!r}: {exc.strerror}") from exc
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise DeepPatchError(f"report folder {str(path)!r} is not writable")
+    return path
+
+
+def check_results_dir(results_dir: str | Path) -> Path:
+    """The results folder, or one clear error when it is missing or not a folder."""
+    path = Path(results_dir)
+    if not path.exists():
+        raise DeepPatchError(f"results folder {str(path)!r} does not exist")
+    if not path.is_dir():
+        raise DeepPatchError(f"results folder {str(path)!r} is not a folder")
+    return path
+
+
+def load_manifest(results_dir: Path) -> dict:
+    try:
+        manifest = read_manifest(results_dir)
+    except json.JSONDecodeError as exc:
+        raise DeepPatchError(f"{str(results_dir / 'manifest.json')!r} is not valid JSON: {exc}") from exc
+    return manifest if isinstance(manifest, dict) else {}
+
+
+def default_name(results_dir: str | Path) -> str:
+    """The benchmark name a report folder is named after: the manifest's, else the results folder's."""
+    path = check_results_dir(results_dir)
+    name = benchmark_name(load_manifest(path), None, path)
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name).strip(".") or "report"
+
+
+def build_report(results_dir: str | Path, out_dir: str | Path) -> dict[str, Path]:
+    """Write the report of the rows under `results_dir` into `out_dir`; returns {what: path} of written files."""
+    results = check_results_dir(results_dir)
+    frame = load_rows(results)
+    if frame.empty:
+        raise DeepPatchError(f"no result rows under {str(results)!r} (rows/ holds no rows)")
+    manifest = load_manifest(results)
+    df = prepare(frame)
+    entries = entry_table(df)
+    name = benchmark_name(manifest, frame, results)
+    failures = sorted(p.stem for p in (results / "failures").glob("*.json")) if (results / "failures").is_dir() else []
+    header = header_items(df, manifest, name, failures)
+
+    head = headline(df, entries)
+    plots = tuple(Plot(key, PLOT_FILES[key], TITLES[key], png) for key, png in plot_all(df, entries).items())
+    files = [(f, what) for f, what in DATA_FILES if head is not None or not f.startswith("headline")]
+    report = Report(f"DeepPatch Bench report: {name}", tuple(header), head, tuple(sections(df, entries)), plots,
+                    tuple(files))
+
+    out = output_dir(out_dir)
+    written: dict[str, Path] = {}
+    rows_csv = sorted_rows(frame).to_csv(index=False, lineterminator="\n")
+    written["rows_csv"] = write_file(rows_csv, out / "rows.csv")
+    if head is not None:
+        written["headline_csv"] = write_file(head.to_frame().to_csv(index=False, lineterminator="\n"),
+                                                    out / "headline.csv")
+        written["latex"] = write_file(latex.render(head, report.title, header), out / "headline.tex")
+    for stale in ("headline.csv", "headline.tex"):
+        if head is None:
+            (out / stale).unlink(missing_ok=True)
+    for plot in plots:
+        written[f"plot_{plot.name}"] = write_file(plot.png, out / plot.relpath)
+    for key, file in PLOT_FILES.items():  # plots an earlier report had but these rows do not allow
+        if key not in {p.name for p in plots}:
+            (out / PLOTS_DIR / file).unlink(missing_ok=True)
+    written["markdown"] = write_file(markdown.render(report), out / "README.md")
+    written["html"] = write_file(html.render(report), out / "index.html")
+    return written

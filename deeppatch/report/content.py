@@ -1,0 +1,34 @@
+"""Everything one report shows, gathered once so every output format renders the same content."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from deeppatch.report.cells import Table
+from deeppatch.report.tables import Section
+
+PLOTS_DIR = "plots"
+
+
+@dataclass(frozen=True)
+class Plot:
+    """A plot: its file name under plots/, a caption, and the PNG bytes."""
+
+    name: str
+    file: str
+    caption: str
+    png: bytes
+
+    @property
+    def relpath(self) -> str:
+        return f"{PLOTS_DIR}/{self.file}"
+
+
+@dataclass(frozen=True)
+class Report:
+    title: str
+    header: tuple[tuple[str, str], ...]
+    headline: Table | None
+    sections: tuple[Section, ...]
+    plots: tuple[Plot, ...]
+    files: tuple[tuple[str, str], ...]  # (relative path, what it holds) of the data files beside the report

@@ -1,0 +1,127 @@
+"""What was run, for the top of every report: spec, commit, versions, device, seeds, sample counts, data source.
+
+Everything comes from the rows and manifest.json, never from the machine that renders the report, so the
+same results give the same header anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from deeppatch.report.frame import AGGREGATE
+
+CANONICAL_SOURCES = {"cifar10-c": "CIFAR-10-C", "cifar100-c": "CIFAR-100-C"}
+SUITE_ORDER = ("clean", "blur", "corruptions", "attacks", "spatial", "diagnostics")
+
+
+def benchmark_name(manifest: dict[str, Any], frame: pd.DataFrame | None, results_dir: Path) -> str:
+    """The benchmark's name: the manifest's, else the rows' (when they agree), else the folder's."""
+    for key in ("benchmark", "name"):
+        value = manifest.get(key)
+        if isinstance(value, str) and value:
+            return value
+    spec = manifest.get("spec")
+    if isinstance(spec, dict) and isinstance(spec.get("name"), str) and spec["name"]:
+        return spec["name"]
+    if frame is not None and "benchmark" in frame:
+        names = sorted({str(v) for v in frame["benchmark"].dropna() if str(v)})
+        if len(names) == 1:
+            return names[0]
+    return Path(results_dir).resolve().name
+
+
+def header_items(df: pd.DataFrame, manifest: dict[str, Any], name: str,
+                 failures: list[str]) -> list[tuple[str, str]]:
+    """(field, text) pairs describing the run, in a fixed order."""
+    versions = _versions(df, manifest)
+    items = [("benchmark", name)]
+    spec = _spec(manifest)
+    if spec:
+        items.append(("spec", spec))
+    commits = _unique([manifest.get("git_commit"), *versions.pop("git_commit", [])]) or ["unknown"]
+    items.append(("git commit", ", ".join(commits)))
+    items.append(("versions", "; ".join(f"{k} {', '.join(v)}" for k, v in sorted(versions.items())) or "unknown"))
+    devices = _unique([*df["device"], manifest.get("device")])
+    items.append(("device", "; ".join(devices) or "unknown"))
+    items.append(("seeds", ", ".join(str(s) for s in sorted(set(df["seed"])))))
+    for key in ("dataset", "model"):
+        items.append((f"{key}s", ", ".join(sorted(set(df[key])))))
+    correctors = df.sort_values("entry", kind="mergesort").drop_duplicates("entry")["label"]
+    items.append(("correctors", ", ".join(dict.fromkeys(correctors))))
+    items.append(("test samples", _sample_sizes(df)))
+    corruption_source = _corruption_source(df)
+    if corruption_source:
+        items.append(("corruptions", corruption_source))
+    created = sorted(v for v in df["created"] if v)
+    if created:
+        items.append(("rows created", created[0] if created[0] == created[-1] else f"{created[0]} to {created[-1]}"))
+    cells = df.groupby(["entry", "seed"]).ngroups
+    items.append(("rows", f"{len(df)} rows from {cells} cells"))
+    if failures:
+        items.append(("failed cells", f"{len(failures)} (see failures/ in the results folder): {', '.join(failures)}"))
+    return items
+
+
+def _spec(manifest: dict[str, Any]) -> str:
+    parts = []
+    spec = manifest.get("spec")
+    if isinstance(spec, str):
+        parts.append(spec)
+    elif isinstance(spec, dict):
+        parts += [str(spec[k]) for k in ("name", "file", "path") if spec.get(k)]
+    for key in ("spec_name", "spec_file", "spec_path"):
+        if isinstance(manifest.get(key), str) and manifest[key] not in parts:
+            parts.append(manifest[key])
+    return " — ".join(parts)
+
+
+def _versions(df: pd.DataFrame, manifest: dict[str, Any]) -> dict[str, list[str]]:
+    found: dict[str, set[str]] = {}
+    texts = [v for v in set(df["versions"]) if v]
+    dicts = [manifest["versions"]] if isinstance(manifest.get("versions"), dict) else []
+    for text in texts:
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(value, dict):
+            dicts.append(value)
+    for d in dicts:
+        for key, value in d.items():
+            if value is not None and value != "":
+                found.setdefault(str(key), set()).add(str(value))
+    return {k: sorted(v) for k, v in found.items()}
+
+
+def _unique(values: list[Any]) -> list[str]:
+    return sorted({str(v) for v in values if v is not None and str(v) != ""})
+
+
+def _sample_sizes(df: pd.DataFrame) -> str:
+    """Test images per condition, per suite (aggregate rows excluded: they count conditions x images)."""
+    plain = df[(df["group"] != AGGREGATE) & df["n"].notna()]
+    suites = sorted(set(plain["suite"]), key=lambda s: (SUITE_ORDER.index(s) if s in SUITE_ORDER else 99, s))
+    parts = []
+    for suite in suites:
+        ns = sorted({int(n) for n in plain.loc[plain["suite"] == suite, "n"]})
+        parts.append(f"{suite} {'/'.join(str(n) for n in ns)}")
+    return "; ".join(parts) + " (per condition)" if parts else "unknown"
+
+
+def _corruption_source(df: pd.DataFrame) -> str:
+    sources = sorted({s for s in df.loc[df["suite"] == "corruptions", "source"]})
+    if not sources:
+        return ""
+    shown = []
+    for s in sources:
+        if s in CANONICAL_SOURCES:
+            shown.append(f"the canonical {CANONICAL_SOURCES[s]} arrays")
+        elif s == "generated":
+            shown.append("generated by this project (not the canonical CIFAR-C arrays)")
+        else:
+            shown.append(s or "unknown source")
+    return "; ".join(shown)

@@ -1,0 +1,56 @@
+r"""The headline table as a LaTeX `table` float in booktabs style (\toprule, \midrule, \bottomrule).
+
+Needs \usepackage{booktabs} in the paper's preamble; nothing else (no siunitx, no colours).
+"""
+
+from __future__ import annotations
+
+from deeppatch.report.cells import Cell, Table
+
+SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+           "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "Δ": r"$\Delta$", "±": r"$\pm$",
+           "σ": r"$\sigma$", "–": "--", "—": "---", "·": r"$\cdot$"}
+
+CAPTION = ("accuracy in %, mean ± std over seeds; Δ clean in percentage points from the model under maintenance "
+           "(none); best per dataset and model in bold (highest accuracy, lowest repair time and added parameters; "
+           "none excluded).")
+
+
+def escape(text: str) -> str:
+    return "".join(SPECIAL.get(ch, ch) for ch in str(text))
+
+
+def render(table: Table, title: str, provenance: list[tuple[str, str]]) -> str:
+    """A complete `table` float; `provenance` goes into comment lines above it."""
+    lines = [f"% {title}: headline table written by `deeppatch report` (needs \\usepackage{{booktabs}}).",
+             *(f"% {key}: {_comment(value)}" for key, value in provenance)]
+    spec = "l" * len(table.label_names) + "r" * len(table.columns)
+    header = [escape(n) for n in table.label_names] + [escape(c.name) for c in table.columns]
+    lines += [r"\begin{table}[t]", r"\centering", r"\small",
+              f"\\caption{{{escape(title)}: {escape(CAPTION)}}}", r"\label{tab:deeppatch-headline}",
+              f"\\begin{{tabular}}{{{spec}}}", r"\toprule", " & ".join(header) + r" \\", r"\midrule"]
+    for labels, cells, new_block in table.rows():
+        if new_block:
+            lines.append(r"\midrule")
+        lines.append(" & ".join([escape(v) for v in labels] + [_cell(c) for c in cells]) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
+    return "\n".join(lines)
+
+
+def _cell(cell: Cell) -> str:
+    if cell.missing:
+        return "--"
+    text = _number(cell.value) + (f" $\\pm$ {_number(cell.std)}" if cell.std else "")
+    if cell.best:
+        text = f"\\textbf{{{text}}}"
+    return text + (f" ({escape(cell.note)})" if cell.note else "")
+
+
+def _number(text: str) -> str:
+    """A typographic minus; thousands separators as `{,}` so math-mode spacing cannot break them."""
+    text = text.replace(",", "{,}")
+    return "$-$" + text[1:] if text.startswith("-") else text
+
+
+def _comment(text: str) -> str:
+    return " ".join(str(text).split())

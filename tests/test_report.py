@@ -205,24 +205,50 @@ def test_per_condition_tables(built):
     assert "| switch | deeppatch (routing=batch-majority) | 2 | – | **0.905 ± 0.007** | – |" in text
 
 
+def _simple_results(folder: Path, cells: dict[tuple[str, int], list[SuiteRow]]) -> Path:
+    for (corrector, seed), suite_rows in cells.items():
+        cell = {"dataset": "digits", "model": "tinycnn", "corrector": corrector, "params": {},
+                "params_hash": params_hash({}), "seed": seed}
+        write_cell_rows(folder, f"{corrector}-{seed}", [complete_row(r, cell) for r in suite_rows])
+    return folder
+
+
 def test_many_attacks_collapse_to_their_mean(tmp_path):
-    rows = []
+    cells = {}
     for seed in (0, 1):
         for corrector in ("none", "finetune"):
-            cell = {"dataset": "digits", "model": "tinycnn", "corrector": corrector, "params": {},
-                    "params_hash": params_hash({}), "seed": seed}
-            srs = [SuiteRow("clean", "clean", 90.0, 10)]
-            srs += [SuiteRow("attacks", f"pgd-linf/eps={e}/steps=5", 10.0 * i + seed, 10, group="pgd-linf",
-                             severity=e) for i, e in enumerate((0.01, 0.02, 0.03, 0.04))]
-            rows.append((f"{corrector}-{seed}", [complete_row(r, cell) for r in srs]))
-    for key, r in rows:
-        write_cell_rows(tmp_path / "res", key, r)
+            cells[corrector, seed] = [SuiteRow("clean", "clean", 90.0, 10)] + [
+                SuiteRow("attacks", f"pgd-linf/eps={e}/steps=5", 10.0 * i + seed, 10, group="pgd-linf", severity=e)
+                for i, e in enumerate((0.01, 0.02, 0.03, 0.04))]
     out = tmp_path / "out"
-    build_report(tmp_path / "res", out)
+    build_report(_simple_results(tmp_path / "res", cells), out)
     head = _headline_rows(out)
     assert head[("tinycnn", "finetune")]["attacks mean"] == pytest.approx(15.5)
     assert "blur mean" not in head[("tinycnn", "finetune")]
     assert not (out / "plots").exists()  # no robust accuracy to plot
+    assert "attacks mean: robust accuracy averaged over the 4 attack conditions" in (out / "README.md").read_text()
+
+
+def test_values_on_fewer_seeds_say_so_and_unknown_suites_get_a_table(tmp_path):
+    cells = {("none", 0): [SuiteRow("clean", "clean", 80.0, 10), SuiteRow("blur", "sigma=1", 70.0, 10, "sigma", 1.0)],
+             ("none", 1): [SuiteRow("clean", "clean", 82.0, 10), SuiteRow("blur", "sigma=1", 72.0, 10, "sigma", 1.0)],
+             ("finetune", 0): [SuiteRow("clean", "clean", 79.0, 10),
+                               SuiteRow("blur", "sigma=1", 75.0, 10, "sigma", 1.0),
+                               SuiteRow("texture", "stripes", 40.0, 10, group="pattern")],
+             ("finetune", 1): [SuiteRow("clean", "clean", 81.0, 10)]}
+    out = tmp_path / "out"
+    text = build_report(_simple_results(tmp_path / "res", cells), out)["markdown"].read_text()
+    line = next(x for x in text.splitlines() if x.startswith("| digits | tinycnn | finetune |"))
+    # blur mean computed from the sigma rows; finetune has it on seed 0 only
+    assert "| 80.00 ± 1.41 | -1.00 ± 0.00 | 75.00 (n=1) |" in line
+    assert "## Suite texture" in text and "| finetune | 1 | 40.00 |" in text
+
+
+def test_pareto_front():
+    from deeppatch.report.plots import pareto_front
+
+    points = [(1.0, 1.0), (2.0, 0.5), (0.5, 2.0), (0.4, 0.4), (1.0, 1.0), (2.0, 0.4)]
+    assert pareto_front(points) == [(0.5, 2.0), (1.0, 1.0), (2.0, 0.5)]
 
 
 # ---------------------------------------------------------------------------------------------------------

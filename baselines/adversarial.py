@@ -32,6 +32,7 @@ from torch import nn
 
 from deeppatch.attacks import NORMS, pgd
 from deeppatch.baseline_tools import (
+    BaselineCorrector,
     EpochGenerator,
     FinetuneParams,
     fine_tune_all,
@@ -39,7 +40,7 @@ from deeppatch.baseline_tools import (
     repair_cost,
     stream_batches,
 )
-from deeppatch.corrector import Corrector, Repaired, RepairTask, Stopwatch, append_validator
+from deeppatch.corrector import Repaired, RepairTask, Stopwatch, append_validator
 from deeppatch.errors import DeepPatchError
 from deeppatch.evaluation import accuracy
 from deeppatch.seeding import make_generator
@@ -129,7 +130,7 @@ def robust_validator(task: RepairTask, eps: float, alpha: float, p: Params):
     return validate
 
 
-class AdversarialTraining(Corrector):
+class AdversarialTraining(BaselineCorrector):
     """Fine-tune every parameter on PGD (Madry) or TRADES adversarial examples."""
 
     name = "adversarial"

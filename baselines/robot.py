@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from deeppatch.baseline_tools import (
+    BaselineCorrector,
     Selection,
     SelectionParams,
     diagnostic,
@@ -34,7 +35,7 @@ from deeppatch.baseline_tools import (
     repair_cost,
     retrain_on_selection,
 )
-from deeppatch.corrector import Corrector, Repaired, RepairTask, Stopwatch
+from deeppatch.corrector import Repaired, RepairTask, Stopwatch
 from deeppatch.errors import DeepPatchError
 
 
@@ -82,7 +83,7 @@ class Params(SelectionParams):
             raise DeepPatchError("parameters 'k_low' and 'k_high' select nothing: at least one must be > 0")
 
 
-class RobOT(Corrector):
+class RobOT(BaselineCorrector):
     """Fine-tune every parameter on the lowest- and highest-FOL tests of a fixed perturbed training set."""
 
     name = "robot"

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from deeppatch.corrector import (
+    Corrector,
     RepairCost,
     RepairTask,
     append_validator,
@@ -39,6 +40,19 @@ from deeppatch.training import Batch, BatchSource, OptimConfig, StepFn, TrainRes
 
 # --------------------------------------------------------------------------------------------
 # hyperparameters
+
+
+class BaselineCorrector(Corrector):
+    """A Corrector whose cross-field checks (`Params.__post_init__`) name the corrector in their error,
+    as `parse_params`' own checks do."""
+
+    def __init__(self, **params: Any) -> None:
+        try:
+            super().__init__(**params)
+        except DeepPatchError as exc:
+            prefix = f"corrector {self.name!r}"
+            raise DeepPatchError(str(exc) if str(exc).startswith(prefix) else f"{prefix}: {exc}") from None
+
 
 
 @dataclass

@@ -199,20 +199,18 @@ def headline(df: pd.DataFrame, entries: pd.DataFrame) -> Table | None:
 
 
 def _clean_change(clean: pd.Series, entries: pd.DataFrame) -> pd.Series:
-    """Clean accuracy minus the reference's of the same dataset/model (same seed, else its mean)."""
-    refs = entries[entries["reference"]]
+    """Clean accuracy minus the reference's of the same dataset/model (same seed, else its mean over seeds)."""
+    reference_of = {}
+    for entry, info in entries[entries["reference"]].iterrows():
+        reference_of.setdefault((info["dataset"], info["model"]), entry)  # the first in report order
+    by_entry = {entry: values.droplevel("entry") for entry, values in clean.groupby(level="entry")}
     out = {}
     for (entry, seed), value in clean.items():
         info = entries.loc[entry]
-        if info["reference"]:
+        ref = by_entry.get(reference_of.get((info["dataset"], info["model"])))
+        if info["reference"] or ref is None:
             continue
-        ref = refs[(refs["dataset"] == info["dataset"]) & (refs["model"] == info["model"])]
-        if ref.empty:
-            continue
-        ref_clean = clean.xs(ref.index[0], level="entry") if ref.index[0] in clean.index.get_level_values(0) else None
-        if ref_clean is None or ref_clean.empty:
-            continue
-        out[(entry, seed)] = value - (ref_clean.loc[seed] if seed in ref_clean.index else ref_clean.mean())
+        out[(entry, seed)] = value - (ref.loc[seed] if seed in ref.index else ref.mean())
     return pd.Series(out, dtype=float).rename_axis(["entry", "seed"])
 
 
@@ -329,24 +327,21 @@ def _condition_names(rows: pd.DataFrame) -> dict[tuple[str, str], str]:
     return {(g, c): (f"{g}: {c}" if counts[c] > 1 and g else c) for g, c in pairs.to_numpy()}
 
 
-SUITE_SECTIONS = (
-    ("blur", "Gaussian blur", "Accuracy in % on the clean test set and at each blur sigma; mean: over the "
-                              "sigmas; union: clean and all sigmas together.", True),
-    ("attacks", "Adversarial attacks", "Robust accuracy in % under each attack (family/eps/steps as named).",
-     False),
-    ("spatial", "Spatial transformations", "Accuracy in % on spatially transformed neighbours.", False),
-)
+BLUR_NOTE = ("Accuracy in % on the clean test set and at each blur sigma; mean: over the sigmas; union: clean and "
+             "all sigmas together.")
 KNOWN_SUITES = {"clean", "blur", "corruptions", "attacks", "spatial", "diagnostics"}
 
 
 def sections(df: pd.DataFrame, entries: pd.DataFrame) -> list[Section]:
     """All per-condition sections that have rows, in a fixed order; unknown suites get a generic one."""
-    out: list[Section | None] = []
-    for suite, title, note, with_clean in SUITE_SECTIONS[:1]:
-        out.append(condition_section(df, entries, suite, title, note, with_clean))
-    out.append(corruption_section(df, entries))
-    for suite, title, note, with_clean in SUITE_SECTIONS[1:]:
-        out.append(condition_section(df, entries, suite, title, note, with_clean))
+    out = [
+        condition_section(df, entries, "blur", "Gaussian blur", BLUR_NOTE, with_clean=True),
+        corruption_section(df, entries),
+        condition_section(df, entries, "attacks", "Adversarial attacks",
+                          "Robust accuracy in % under each attack (family/eps/steps as named)."),
+        condition_section(df, entries, "spatial", "Spatial transformations",
+                          "Accuracy in % on spatially transformed neighbours."),
+    ]
     for suite in sorted(set(df["suite"]) - KNOWN_SUITES):
         out.append(condition_section(df, entries, suite, f"Suite {suite}", f"Values of suite {suite} per condition."))
     out.append(diagnostics_section(df, entries))

@@ -112,7 +112,7 @@ def build_report(results_dir: str | Path, out_dir: str | Path) -> dict[str, Path
     if head is not None:
         written["headline_csv"] = write_file(head.to_frame().to_csv(index=False, lineterminator="\n"),
                                                     out / "headline.csv")
-        written["latex"] = write_file(latex.render(head, report.title, header), out / "headline.tex")
+        written["latex"] = write_file(latex.render(head, name, header), out / "headline.tex")
     for stale in ("headline.csv", "headline.tex"):
         if head is None:
             (out / stale).unlink(missing_ok=True)

@@ -16,6 +16,7 @@ import pandas as pd
 HIGHER = "higher"
 LOWER = "lower"
 MISSING = "–"
+NUMERIC_LABELS = frozenset({"seeds"})  # label columns that hold numbers: aligned right like the values
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 from html import escape
 
-from deeppatch.report.cells import Cell, Table
+from deeppatch.report.cells import NUMERIC_LABELS, Cell, Table
 from deeppatch.report.content import Report
 
 STYLE = """
@@ -64,13 +64,17 @@ def render(report: Report) -> str:
 
 
 def table_html(table: Table) -> str:
-    head = "".join(f"<th>{escape(n)}</th>" for n in table.label_names)
+    numeric = [n in NUMERIC_LABELS for n in table.label_names]
+    head = "".join(f'<th class="num">{escape(n)}</th>' if num else f"<th>{escape(n)}</th>"
+                   for n, num in zip(table.label_names, numeric, strict=True))
     head += "".join(f'<th class="num">{escape(c.name)}</th>' for c in table.columns)
     out = [f'<div class="scroll"><table id="table-{escape(table.key)}">', f"<thead><tr>{head}</tr></thead>",
            "<tbody>"]
     for labels, cells, new_block in table.rows():
         cls = ' class="block-start"' if new_block else ""
-        tds = "".join(f"<td>{escape(v)}</td>" for v in labels) + "".join(_cell(c) for c in cells)
+        tds = "".join(f'<td class="num">{escape(v)}</td>' if num else f"<td>{escape(v)}</td>"
+                      for v, num in zip(labels, numeric, strict=True))
+        tds += "".join(_cell(c) for c in cells)
         out.append(f"<tr{cls}>{tds}</tr>")
     out += ["</tbody>", "</table></div>"]
     return "\n".join(out)

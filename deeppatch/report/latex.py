@@ -5,7 +5,7 @@ Needs \usepackage{booktabs} in the paper's preamble; nothing else (no siunitx, n
 
 from __future__ import annotations
 
-from deeppatch.report.cells import Cell, Table
+from deeppatch.report.cells import NUMERIC_LABELS, Cell, Table
 
 SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
            "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "Δ": r"$\Delta$", "±": r"$\pm$",
@@ -20,14 +20,15 @@ def escape(text: str) -> str:
     return "".join(SPECIAL.get(ch, ch) for ch in str(text))
 
 
-def render(table: Table, title: str, provenance: list[tuple[str, str]]) -> str:
+def render(table: Table, benchmark: str, provenance: list[tuple[str, str]]) -> str:
     """A complete `table` float; `provenance` goes into comment lines above it."""
-    lines = [f"% {title}: headline table written by `deeppatch report` (needs \\usepackage{{booktabs}}).",
+    lines = [f"% Headline table of benchmark {_comment(benchmark)}, written by `deeppatch report` "
+             "(needs \\usepackage{booktabs}).",
              *(f"% {key}: {_comment(value)}" for key, value in provenance)]
-    spec = "l" * len(table.label_names) + "r" * len(table.columns)
+    spec = "".join("r" if n in NUMERIC_LABELS else "l" for n in table.label_names) + "r" * len(table.columns)
     header = [escape(n) for n in table.label_names] + [escape(c.name) for c in table.columns]
     lines += [r"\begin{table}[t]", r"\centering", r"\small",
-              f"\\caption{{{escape(title)}: {escape(CAPTION)}}}", r"\label{tab:deeppatch-headline}",
+              f"\\caption{{Benchmark {escape(benchmark)}: {escape(CAPTION)}}}", r"\label{tab:deeppatch-headline}",
               f"\\begin{{tabular}}{{{spec}}}", r"\toprule", " & ".join(header) + r" \\", r"\midrule"]
     for labels, cells, new_block in table.rows():
         if new_block:

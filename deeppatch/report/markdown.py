@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from deeppatch.report.cells import Cell, Table
+from deeppatch.report.cells import NUMERIC_LABELS, Cell, Table
 from deeppatch.report.content import Report
 
 REGENERATE = ("Regenerate with `deeppatch report <results folder> -o <this folder>`: the same rows give "
@@ -35,7 +35,7 @@ def render(report: Report) -> str:
 
 def table_lines(table: Table) -> list[str]:
     names = table.label_names + [c.name for c in table.columns]
-    align = [":---"] * len(table.label_names) + ["---:"] * len(table.columns)
+    align = ["---:" if n in NUMERIC_LABELS else ":---" for n in table.label_names] + ["---:"] * len(table.columns)
     out = ["| " + " | ".join(_escape(n) for n in names) + " |", "| " + " | ".join(align) + " |"]
     for labels, cells, _ in table.rows():
         out.append("| " + " | ".join([_escape(v) for v in labels] + [_cell(c) for c in cells]) + " |")

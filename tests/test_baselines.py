@@ -398,3 +398,32 @@ def test_sensei_trains_clean_images_when_robust(make_task):
     x = torch.cat([b for b, _ in source(0)])
     order = torch.randperm(len(data), generator=make_generator(task.seed, "sensei", "order", 0))
     assert source.robust.all() and torch.equal(x, to_float(data.x[order]))
+
+
+def test_sensei_populations_survive_an_interruption(make_task, tmp_path):
+    ss = plugin("sensei")
+    task = make_task(train_subset=40, work_dir=tmp_path)
+    data, p = task.train_data(), ss.Params(popsize=3)
+    first = ss.SenseiBatches(task, task.copy_model(), data, p, 64)
+    first.search(0)
+    survivors = first.population.clone()
+    first.search(1)  # saved the parents of epoch 2: the survivors of epoch 1 (then died, say)
+    resumed = ss.SenseiBatches(make_task(train_subset=40, work_dir=tmp_path, resume=True), task.copy_model(), data,
+                               p, 64)
+    assert torch.equal(resumed.parents(1), survivors)
+    fresh = ss.SenseiBatches(task, task.copy_model(), data, p, 64)
+    assert not torch.equal(fresh.parents(1), survivors)  # without resume: a fresh start
+
+
+def test_epoch_generator_reseeds_per_epoch():
+    """Draws inside an epoch's steps do not depend on earlier epochs (resuming reproduces them)."""
+    def draws(gen, epochs):
+        out = {}
+        for e in epochs:
+            for _ in gen.wrap(lambda epoch: iter([(None, None)]))(e):
+                out[e] = torch.rand(3, generator=gen.generator)
+        return out
+
+    straight = draws(baseline_tools.EpochGenerator(7, "x", torch.device("cpu")), [0, 1, 2])
+    resumed = draws(baseline_tools.EpochGenerator(7, "x", torch.device("cpu")), [2])
+    assert torch.equal(straight[2], resumed[2]) and not torch.equal(straight[1], straight[2])

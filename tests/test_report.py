@@ -361,7 +361,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 PROBE = """<script>
 window.addEventListener("load", () => {
   const imgs = Array.from(document.images);
-  imgs.forEach((img, i) => img.setAttribute("data-probe", img.complete + ":" + img.naturalWidth));
+  imgs.forEach((img) => img.setAttribute("data-probe", img.complete + ":" + img.naturalWidth));
   document.body.setAttribute("data-probe-done", String(imgs.length));
 });
 </script>"""

@@ -16,14 +16,14 @@ from deeppatch.results import COLUMNS
 
 REFERENCE = "none"
 AGGREGATE = "aggregate"  # the group of aggregate rows ("mean", "union", "<name>/mean", ...)
-ENTRY_KEYS = ["dataset", "model", "corrector", "params_hash"]
-TEXT_COLUMNS = ["benchmark", "dataset", "model", "corrector", "params", "params_hash", "suite", "condition", "group",
-                "metric", "source", "settings", "device", "versions", "created"]
-NUMERIC_COLUMNS = ["severity", "value", "n", "eval_time_s", "repair_time_s", "trainable_params", "added_params",
-                   "epochs"]
+ENTRY_KEYS = ("dataset", "model", "corrector", "params_hash")
+TEXT_COLUMNS = ("benchmark", "dataset", "model", "corrector", "params", "params_hash", "suite", "condition", "group",
+                "metric", "source", "settings", "device", "versions", "created")
+NUMERIC_COLUMNS = ("severity", "value", "n", "eval_time_s", "repair_time_s", "trainable_params", "added_params",
+                   "epochs")
 # the order rows are sorted in for every output (stable sort; file order breaks the remaining ties)
-ROW_ORDER = ["dataset", "model", "corrector", "params_hash", "seed", "suite", "group", "severity", "condition",
-             "metric"]
+ROW_ORDER = ("dataset", "model", "corrector", "params_hash", "seed", "suite", "group", "severity", "condition",
+             "metric")
 
 
 def prepare(frame: pd.DataFrame) -> pd.DataFrame:
@@ -40,16 +40,16 @@ def prepare(frame: pd.DataFrame) -> pd.DataFrame:
         raise DeepPatchError("result rows without a seed cannot be reported")
     df["seed"] = seeds.astype(int)
     df["metric"] = df["metric"].replace("", "accuracy")
-    df = df.sort_values(ROW_ORDER, kind="mergesort", na_position="first").reset_index(drop=True)
+    df = df.sort_values(list(ROW_ORDER), kind="mergesort", na_position="first").reset_index(drop=True)
 
     labels = entry_labels(df)
-    entries = (df[ENTRY_KEYS].drop_duplicates()
+    entries = (df[list(ENTRY_KEYS)].drop_duplicates()
                .assign(reference=lambda e: e["corrector"] == REFERENCE)
                .assign(label=lambda e: [labels[tuple(k)] for k in e[["corrector", "params_hash"]].to_numpy()]))
     entries = entries.sort_values(["dataset", "model", "reference", "corrector", "label", "params_hash"],
                                   ascending=[True, True, False, True, True, True], kind="mergesort")
     entries = entries.reset_index(drop=True).rename_axis("entry").reset_index()
-    df = df.merge(entries, on=ENTRY_KEYS, how="left", validate="many_to_one")
+    df = df.merge(entries, on=list(ENTRY_KEYS), how="left", validate="many_to_one")
     return df
 
 
@@ -93,11 +93,11 @@ def _show(value: Any) -> str:
 def sorted_rows(frame: pd.DataFrame) -> pd.DataFrame:
     """The raw rows (all of `COLUMNS`) in the report's fixed order, for the CSV export."""
     df = frame.reindex(columns=list(COLUMNS))
-    key = df[ROW_ORDER].copy()
+    key = df[list(ROW_ORDER)].copy()
     for col in ROW_ORDER:
         if col in ("seed", "severity"):
             key[col] = pd.to_numeric(key[col], errors="coerce")
         else:
             key[col] = key[col].map(lambda v: "" if v is None or (isinstance(v, float) and pd.isna(v)) else str(v))
-    order = key.sort_values(ROW_ORDER, kind="mergesort", na_position="first").index
+    order = key.sort_values(list(ROW_ORDER), kind="mergesort", na_position="first").index
     return df.loc[order].reset_index(drop=True)

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import pandas as pd
 
 from deeppatch.report.frame import AGGREGATE
 
-CANONICAL_SOURCES = {"cifar10-c": "CIFAR-10-C", "cifar100-c": "CIFAR-100-C"}
+CANONICAL_SOURCES = MappingProxyType({"cifar10-c": "CIFAR-10-C", "cifar100-c": "CIFAR-100-C"})
 SUITE_ORDER = ("clean", "blur", "corruptions", "attacks", "spatial", "diagnostics")
 
 

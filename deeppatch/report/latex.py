@@ -5,11 +5,15 @@ Needs \usepackage{booktabs} in the paper's preamble; nothing else (no siunitx, n
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
 from deeppatch.report.cells import NUMERIC_LABELS, Cell, Table
 
-SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
-           "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "Δ": r"$\Delta$", "±": r"$\pm$",
-           "σ": r"$\sigma$", "–": "--", "—": "---", "·": r"$\cdot$"}
+SPECIAL = MappingProxyType({
+    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
+    "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "Δ": r"$\Delta$", "±": r"$\pm$", "σ": r"$\sigma$",
+    "–": "--", "—": "---", "·": r"$\cdot$",
+})
 
 CAPTION = ("accuracy in %, mean ± std over seeds; Δ clean in percentage points from the model under maintenance "
            "(none); best per dataset and model in bold (highest accuracy, lowest repair time and added parameters; "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Callable, Sequence
+from types import MappingProxyType
 
 import numpy as np
 import pandas as pd
@@ -19,11 +20,11 @@ from deeppatch.report.tables import blocks
 DPI = 100
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
 LINESTYLES = ("--", ":", "-.", (0, (5, 1, 1, 1)), (0, (3, 1)))
-PLOT_FILES = {"clean_vs_robust": "clean_vs_robust.png", "blur_curves": "blur_curves.png",
-              "corruption_curves": "corruption_curves.png"}
-TITLES = {"clean_vs_robust": "Clean vs robust accuracy (Pareto front per model)",
+PLOT_FILES = MappingProxyType({"clean_vs_robust": "clean_vs_robust.png", "blur_curves": "blur_curves.png",
+              "corruption_curves": "corruption_curves.png"})
+TITLES = MappingProxyType({"clean_vs_robust": "Clean vs robust accuracy (Pareto front per model)",
           "blur_curves": "Accuracy vs blur sigma",
-          "corruption_curves": "Accuracy vs corruption severity"}
+          "corruption_curves": "Accuracy vs corruption severity"})
 
 
 def plot_all(df: pd.DataFrame, entries: pd.DataFrame) -> dict[str, bytes]:

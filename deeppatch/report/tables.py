@@ -17,7 +17,7 @@ from deeppatch.report.cells import HIGHER, LOWER, Column, Table, decimals_for, m
 from deeppatch.report.frame import AGGREGATE
 
 MAX_ATTACK_COLUMNS = 3  # more attack conditions than this: the headline shows their mean
-LONG = ["row", "entry", "seed", "column", "value"]
+LONG = ("row", "entry", "seed", "column", "value")
 HIGHER_METRICS = ("accuracy", "auroc")
 
 BEST_RULE = ("Best per column within each dataset and model in bold: the highest accuracy (and change in "
@@ -72,7 +72,7 @@ def _stored_or_mean(df: pd.DataFrame, suite: str, condition: str, parts: pd.Data
 
 def _long(series: pd.Series, column: str, row: str = "") -> pd.DataFrame:
     out = series.rename("value").reset_index()
-    return out.assign(row=row, column=column)[LONG]
+    return out.assign(row=row, column=column)[list(LONG)]
 
 
 def _runs_cost(df: pd.DataFrame, column: str) -> pd.Series:
@@ -307,7 +307,7 @@ def diagnostics_section(df: pd.DataFrame, entries: pd.DataFrame) -> Section | No
         for metric in sorted(set(rows["metric"])):
             mrows = rows[rows["metric"] == metric]
             per = mrows.groupby(["row", "entry", "seed"])["value"].mean().reset_index()
-            parts.append(per.assign(column=metric)[LONG])
+            parts.append(per.assign(column=metric)[list(LONG)])
             columns.append(_accuracy_column(metric, mrows["value"], metric))
         note = ("Diagnostics the correctors report about themselves (e.g. DeepPatch's switch: routing accuracy on "
                 "clean and perturbed inputs, routing modes, with and without the switch, AUROC). Best marks "
@@ -329,7 +329,7 @@ def _condition_names(rows: pd.DataFrame) -> dict[tuple[str, str], str]:
 
 BLUR_NOTE = ("Accuracy in % on the clean test set and at each blur sigma; mean: over the sigmas; union: clean and "
              "all sigmas together.")
-KNOWN_SUITES = {"clean", "blur", "corruptions", "attacks", "spatial", "diagnostics"}
+KNOWN_SUITES = frozenset({"clean", "blur", "corruptions", "attacks", "spatial", "diagnostics"})
 
 
 def sections(df: pd.DataFrame, entries: pd.DataFrame) -> list[Section]:

@@ -80,6 +80,7 @@ class Perturbation(ABC):
 # family name -> "module:class"; imported lazily so optional families cost nothing until used.
 FAMILIES: Mapping[str, str] = MappingProxyType({
     "blur": "deeppatch.perturbations.blur:GaussianBlur",
+    "spatial": "deeppatch.perturbations.spatial:SpatialTransforms",
     "corruptions": "deeppatch.perturbations.corruptions:CommonCorruptions",
 })
 

@@ -1,13 +1,192 @@
-"""DeepPatch as a Corrector (work in progress: the technique modules land next)."""
+"""DeepPatch as a Corrector: assess -> patch -> train -> calibrate the switch."""
 
 from __future__ import annotations
 
-from deeppatch.corrector import Corrector, Repaired, RepairTask
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from deeppatch.corrector import (
+    Corrector,
+    RepairCost,
+    Repaired,
+    RepairTask,
+    Stopwatch,
+    append_validator,
+    maintenance_batches,
+    perturbed_val,
+    train_model,
+)
+from deeppatch.data import TensorSplit, to_float
+from deeppatch.errors import DeepPatchError
+from deeppatch.evaluation import accuracy
+from deeppatch.results import SuiteRow
+from deeppatch.technique.blame import ENGINES, METHODS, blame
+from deeppatch.technique.patching import GROUPED, INITS, SIDES, UNITS, PatchedNetwork, added_parameters, plan_patches
+from deeppatch.technique.switch import (
+    GATES,
+    ROUTINGS,
+    GateTraining,
+    ReferenceGate,
+    SwitchedModel,
+    auroc,
+    calibrate_reference,
+    train_learned_gate,
+)
+from deeppatch.training import OptimConfig
+
+
+@dataclass
+class DeepPatchParams:
+    blame: str = field(default="perfloss", metadata={"help": "blame method (assess)", "choices": METHODS})
+    unit: str = field(default="replace", metadata={"help": "patch unit: DP replacement conv or DeepCorrect unit",
+                                                   "choices": UNITS})
+    ratio: float = field(default=0.25, metadata={"help": "fraction of each conv's filters patched", "min": 0.0,
+                                                 "max": 1.0})
+    side: str = field(default="front", metadata={"help": "which end of the ranking is patched", "choices": SIDES})
+    grouped: str = field(default="skip", metadata={"help": "grouped (depthwise) convs: skip as the reference, or "
+                                                           "patch with depthwise units", "choices": GROUPED})
+    layers: list[str] = field(default_factory=lambda: ["*"], metadata={"help": "conv names to patch (fnmatch)"})
+    init: str = field(default="fresh", metadata={"help": "replacement init: fresh (reference) or copy",
+                                                 "choices": INITS})
+    epochs: int = field(default=20, metadata={"help": "patch training epochs (crt_epoch)", "min": 0})
+    lr: float = field(default=0.01, metadata={"help": "SGD learning rate", "min": 0.0})
+    momentum: float = field(default=0.9, metadata={"help": "SGD momentum", "min": 0.0, "max": 1.0})
+    weight_decay: float = field(default=5e-4, metadata={"help": "SGD weight decay", "min": 0.0})
+    t_max: int = field(default=200, metadata={"help": "cosine schedule T_max in epochs (reference: 200)", "min": 1})
+    batch_size: int = field(default=256, metadata={"help": "training batch size", "min": 1})
+    p_clean: float = field(default=0.5, metadata={"help": "probability a training image stays clean", "min": 0.0,
+                                                  "max": 1.0})
+    gate: str = field(default="learned", metadata={"help": "indicator: reference disagreement score or learned gate",
+                                                   "choices": GATES})
+    routing: str = field(default="per-sample", metadata={"help": "routing mode", "choices": ROUTINGS})
+    gate_epochs: int = field(default=30, metadata={"help": "learned gate training epochs", "min": 0})
+    gate_width: int = field(default=16, metadata={"help": "learned gate conv width", "min": 1})
+    gate_stride: int = field(default=1, metadata={"help": "learned gate conv stride", "min": 1})
+    decision_factor: float = field(default=1.0, metadata={"help": "multiplies the reference threshold", "min": 0.0})
+    blame_engine: str = field(default="auto", metadata={"help": "blame engine", "choices": ENGINES})
+    blame_batch_size: int = field(default=500, metadata={"help": "images per blame batch", "min": 1})
+
+
+def patch_model(task: RepairTask, params: DeepPatchParams, ranking: dict[str, Any] | None
+                ) -> tuple[SwitchedModel, dict[str, Any]]:
+    """Build, train and calibrate the patched model from a ranking (None for side=random)."""
+    base = task.copy_model().eval()
+    plan = plan_patches(base, ranking, ratio=params.ratio, side=params.side, unit=params.unit,
+                        grouped=params.grouped, layers=tuple(params.layers), seed=task.seed)
+    network = PatchedNetwork(base, plan.specs, seed=task.seed, init=params.init).to(task.device)
+    example = to_float(task.splits.val.x[:2]).to(task.device)
+    conv_name, bn_name = network.locate_indicator(example)
+    trainable = network.freeze_all_but_patch()
+    pv = perturbed_val(task)
+    train = task.train_data()
+    batch_size = task.batch_size(params.batch_size)
+    epochs = task.epochs(params.epochs)
+    network.set_mode("patched")
+    result = train_model(
+        task, network, trainable, tag=f"deeppatch-{params.unit}", epochs=epochs,
+        batches=maintenance_batches(task, train, batch_size, p_clean=params.p_clean, purpose="deeppatch"),
+        num_batches=train.num_batches(batch_size),
+        optim=OptimConfig(lr=params.lr, momentum=params.momentum, weight_decay=params.weight_decay,
+                          t_max=params.t_max),
+        validate=append_validator(task, pv), select="best",
+    )
+    network.eval()
+    reference = ReferenceGate(network.net.get_submodule(conv_name).indices.tolist()).to(task.device)
+    calibration = calibrate_reference(network, reference, pv.clean, pv.perturbed, task.device,
+                                      decision_factor=params.decision_factor)
+    learned, gate_info = None, None
+    if params.gate_epochs > 0:
+        learned, gate_info = train_learned_gate(
+            network, pv.clean, pv.perturbed, task.device,
+            GateTraining(width=params.gate_width, stride=params.gate_stride, epochs=params.gate_epochs,
+                         seed=task.seed))
+    elif params.gate == "learned":
+        raise DeepPatchError("gate=learned needs gate_epochs > 0")
+    model = SwitchedModel(network, reference, learned, gate=params.gate, routing=params.routing).eval()
+    extra = {
+        "specs": [s.to_dict() for s in plan.specs], "skipped": plan.skipped, "plan": plan.settings,
+        "indicator": {"conv": conv_name, "bn": bn_name}, "gate": params.gate, "routing": params.routing,
+        "reference_calibration": calibration, "learned_gate": None if learned is None else {
+            "in_channels": learned.in_channels, "width": learned.width, "stride": learned.stride, **gate_info},
+        "training": {k: v for k, v in result.to_dict().items() if k != "history"},
+        "history": result.history, "params": asdict(params),
+    }
+    return model, extra
+
+
+def validation_diagnostics(model: SwitchedModel, clean: TensorSplit, perturbed: TensorSplit, conditions: list[str],
+                           device: torch.device, split_name: str = "val") -> list[SuiteRow]:
+    """AUROC (clean vs each condition) and routing rates of both gates, as diagnostics rows."""
+    rows: list[SuiteRow] = []
+    n = len(clean)
+    saved = (model.gate, model.routing)
+    gates = ["reference"] + (["learned"] if model.learned_gate is not None else [])
+    for gate in gates:
+        model.configure(gate=gate, routing="per-sample")
+        routed, scores = [], []
+        for split in (clean, perturbed):
+            r, s = [], []
+            for x, _ in split.batches(512, device=device):
+                m, sc = model.decisions(x)
+                r.append(m.cpu())
+                s.append(sc.float().cpu())
+            routed.append(torch.cat(r))
+            scores.append(torch.cat(s))
+        settings = {"gate": gate, "split": split_name}
+        rows.append(SuiteRow("diagnostics", f"{gate}/clean routed original", 100.0 * (~routed[0]).float().mean().item(),
+                             n, group="routing", metric="routing_accuracy", settings=settings))
+        for i, cond in enumerate(conditions):
+            sl = slice(i * n, (i + 1) * n)
+            rows.append(SuiteRow("diagnostics", f"{gate}/{cond} routed patched",
+                                 100.0 * routed[1][sl].float().mean().item(), n, group="routing",
+                                 metric="routing_accuracy", settings=settings))
+            rows.append(SuiteRow("diagnostics", f"{gate}/{cond} auroc", auroc(scores[0], scores[1][sl]), 2 * n,
+                                 group="auroc", metric="auroc", settings=settings))
+    model.configure(gate=saved[0], routing=saved[1])
+    return rows
 
 
 class DeepPatchCorrector(Corrector):
+    """DeepPatch (Wei et al., TOSEM 2023): blamed-filter patches with a runtime switch."""
+
     name = "deeppatch"
-    description = "DeepPatch (Wei et al., TOSEM 2023): blamed-filter patches with a runtime switch"
+    description = "DeepPatch (Wei et al., TOSEM 2023): patches on blamed filters, original/patched switch per input"
+    paper = "doi:10.1145/3604609"
+    Params = DeepPatchParams
 
     def repair(self, task: RepairTask) -> Repaired:
-        raise NotImplementedError("DeepPatch's corrector is being implemented")
+        p: DeepPatchParams = self.params
+        with Stopwatch() as watch:
+            ranking = None
+            blame_info: dict[str, Any] = {}
+            if p.side != "random":
+                result = blame(task.model, p.blame, task.splits.val, task.perturbation, seed=task.seed,
+                               device=task.device, batch_size=p.blame_batch_size, engine=p.blame_engine,
+                               show_progress=task.show_progress)
+                ranking = result.ranking()
+                blame_info = {"method": result.method, "engine": result.engine, "seconds": result.seconds,
+                              "base_accuracy": result.base_accuracy}
+            model, extra = patch_model(task, p, ranking)
+        extra["blame"] = blame_info
+        pv = perturbed_val(task)
+        diagnostics = validation_diagnostics(model, pv.clean, pv.perturbed, list(task.perturbation.conditions),
+                                             task.device)
+        gate_params = sum(q.numel() for q in model.learned_gate.parameters()) if model.learned_gate else 0
+        cost = RepairCost(
+            wall_time_s=watch.elapsed,
+            trainable_params=sum(q.numel() for q in model.patched.patch_parameters()) + gate_params,
+            added_params=added_parameters(model.patched) + gate_params,
+            epochs=extra["training"]["epochs_run"],
+            details={"blame": blame_info, "kept": extra["training"]["kept"]},
+        )
+        return Repaired(model, cost, kind="deeppatch", extra=extra, diagnostics=diagnostics)
+
+
+def patched_accuracy(model: SwitchedModel, split: TensorSplit, mode: str, device: torch.device) -> float:
+    model.configure(mode=mode)
+    try:
+        return accuracy(model, split, device=device)
+    finally:
+        model.configure(mode="switch")

@@ -1,0 +1,238 @@
+"""Assess: blame conv filters (DeepPatch section 2 of the spec).
+
+* ``perfloss``: on the fixed, pre-generated perturbed val set (every condition of the family, no
+  clean images), zero one output channel of one conv (the pre-BN conv output, as the reference
+  does) and measure the accuracy drop ``base - acc`` in percentage points. Rank ascending: the most
+  blamed filters are those whose removal raises accuracy on perturbed data (or costs the least).
+* ``featswap``: on a fixed noisy val set (each image perturbed with probability 0.5 at a uniform
+  condition, aligned with clean val), replace one channel's noisy activation by the clean one of the
+  same image and measure the recovered accuracy ``acc - base``. Rank descending.
+
+Ties are broken by channel index. Engines, all exact:
+
+* ``suffix`` (default where torch.fx can trace the model): run everything up to the conv once per
+  batch, then only the downstream layers for several filters stacked along the batch dimension.
+* ``batched``: full forward passes, several filters per pass (models fx cannot trace).
+* ``naive``: one full forward pass per filter: the reference loop, kept to test the others.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from deeppatch.data import TensorSplit, to_float
+from deeppatch.errors import DeepPatchError
+from deeppatch.perturbations.base import Perturbation
+from deeppatch.progress import progress
+from deeppatch.seeding import make_generator
+from deeppatch.technique.tracing import SuffixPlan, is_traceable, stack_variants, trace
+
+METHODS = ("perfloss", "featswap")
+ENGINES = ("auto", "suffix", "batched", "naive")
+FORMAT = "deeppatch.blame/1"
+
+
+def conv_layers(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
+    """Every Conv2d in named_modules order: the unit of blame (stem, 1x1 and depthwise included)."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+
+
+@dataclass
+class BlameResult:
+    method: str
+    base_accuracy: float  # of the model on the blame data, percent
+    n_images: int
+    scores: dict[str, list[float]]  # layer -> score per channel (channel order)
+    engine: str
+    seconds: float
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def ranking(self) -> dict[str, dict[str, list]]:
+        """layer -> {"score": sorted scores, "indices": channels, most blamed first}."""
+        out = {}
+        for layer, scores in self.scores.items():
+            s = torch.tensor(scores, dtype=torch.float64)
+            key = s if self.method == "perfloss" else -s
+            order = torch.sort(key, stable=True).indices.tolist()
+            out[layer] = {"score": [scores[i] for i in order], "indices": order}
+        return out
+
+    def to_json(self, **meta: Any) -> dict[str, Any]:
+        return {"format": FORMAT, "method": self.method, "base_accuracy": self.base_accuracy,
+                "n_images": self.n_images, "engine": self.engine, "seconds": self.seconds,
+                "direction": "ascending" if self.method == "perfloss" else "descending",
+                "layers": self.ranking(), **self.details, **meta}
+
+
+# --------------------------------------------------------------------------------------------
+# blame data
+
+
+def perfloss_data(val: TensorSplit, family: Perturbation, seed: int, device: torch.device) -> TensorSplit:
+    """Every condition of the family applied to val, no clean images (the reference's ``expand``)."""
+    return family.expand(val.to(device), device=device, generator=make_generator(seed, "blame", "expand"))
+
+
+def featswap_data(val: TensorSplit, family: Perturbation, seed: int, device: torch.device
+                  ) -> tuple[TensorSplit, TensorSplit]:
+    """(clean val, noisy val) aligned image by image; noise drawn once from a seeded generator."""
+    clean = val.to(device)
+    x = to_float(clean.x)
+    noisy, _ = family.random_mix(x, make_generator(seed, "blame", "featswap"), p_clean=0.5)
+    return TensorSplit(x, clean.y), TensorSplit(noisy, clean.y)
+
+
+# --------------------------------------------------------------------------------------------
+# engines: count correct predictions per filter variant
+
+
+Edit = Callable[[torch.Tensor, int, int], None]  # (activation copy, channel, batch index) -> None
+
+
+def _correct(logits: torch.Tensor, y: torch.Tensor, copies: int) -> torch.Tensor:
+    return (logits.argmax(1).view(copies, -1) == y.view(1, -1)).sum(1)
+
+
+class _Counter:
+    """Counts correct predictions of the model with one channel of one conv edited."""
+
+    def __init__(self, model: nn.Module, engine: str, max_images: int) -> None:
+        self.model = model
+        self.engine = engine
+        self.max_images = max_images
+        self.gm = trace(model).eval() if engine == "suffix" else None
+
+    def layer(self, name: str, channels: int, batches: list[tuple[torch.Tensor, torch.Tensor, Any]],
+              make_edit: Callable[[Any], Edit], bar) -> torch.Tensor:
+        counts = torch.zeros(channels, dtype=torch.long)
+        if self.engine == "suffix":
+            plan = SuffixPlan.build(self.gm, name)
+            for x, y, aux in batches:
+                act, frontier = plan.capture(x)
+                per = max(1, self.max_images // len(y)) if plan.stackable else 1
+                edit = make_edit(aux)
+                for start in range(0, channels, per):
+                    chans = list(range(start, min(start + per, channels)))
+                    logits = plan.run_suffix(stack_variants(act, chans, edit), frontier, len(chans))
+                    counts[start : start + len(chans)] += _correct(logits, y, len(chans)).cpu()
+                    bar.update(len(chans) / len(batches))
+            return counts
+        module = self.model.get_submodule(name)
+        per_pass = 1 if self.engine == "naive" else None
+        for x, y, aux in batches:
+            per = per_pass or max(1, self.max_images // len(y))
+            edit = make_edit(aux)
+            for start in range(0, channels, per):
+                chans = list(range(start, min(start + per, channels)))
+
+                def hook(_m, _inp, out, chans=chans, edit=edit):
+                    b = out.shape[0] // len(chans)
+                    for k, ch in enumerate(chans):
+                        edit(out[k * b : (k + 1) * b], ch, k)
+                    return out
+
+                handle = module.register_forward_hook(hook)
+                try:
+                    xx = x.repeat(len(chans), *([1] * (x.ndim - 1)))
+                    logits = self.model(xx)
+                finally:
+                    handle.remove()
+                counts[start : start + len(chans)] += _correct(logits, y, len(chans)).cpu()
+                bar.update(len(chans) / len(batches))
+        return counts
+
+
+def _zero(aux: Any) -> Edit:
+    def edit(t: torch.Tensor, ch: int, k: int) -> None:
+        t[:, ch] = 0
+
+    return edit
+
+
+def resolve_engine(model: nn.Module, engine: str) -> str:
+    if engine not in ENGINES:
+        raise DeepPatchError(f"unknown blame engine {engine!r}; valid choices: {', '.join(ENGINES)}")
+    if engine == "auto":
+        return "suffix" if is_traceable(model) else "batched"
+    if engine == "suffix" and not is_traceable(model):
+        raise DeepPatchError("this model cannot be traced by torch.fx; use --blame_engine batched")
+    return engine
+
+
+@torch.inference_mode()
+def blame(
+    model: nn.Module, method: str, val: TensorSplit, family: Perturbation, *, seed: int,
+    device: torch.device, batch_size: int = 500, engine: str = "auto", max_images: int = 4096,
+    layers: list[str] | None = None, show_progress: bool | None = None,
+) -> BlameResult:
+    """Score every filter of every conv (or of `layers`) with `method`."""
+    if method not in METHODS:
+        raise DeepPatchError(f"unknown blame method {method!r}; valid choices: {', '.join(METHODS)}")
+    t0 = time.perf_counter()
+    model = model.to(device).eval()
+    engine = resolve_engine(model, engine)
+    convs = conv_layers(model)
+    if layers is not None:
+        unknown = set(layers) - {n for n, _ in convs}
+        if unknown:
+            raise DeepPatchError(f"not conv layers of this model: {', '.join(sorted(unknown))}")
+        convs = [(n, m) for n, m in convs if n in layers]
+
+    if method == "perfloss":
+        data = perfloss_data(val, family, seed, device)
+        batches = [(x, y, None) for x, y in data.batches(batch_size, device=device)]
+        make_edit: Callable[[Any], Edit] = _zero
+    else:
+        clean, data = featswap_data(val, family, seed, device)
+        capture = _ActivationCapture(model)
+        batches = [(x, y, xc) for (x, y), (xc, _) in zip(data.batches(batch_size, device=device),
+                                                          clean.batches(batch_size, device=device), strict=True)]
+    n = len(data)
+    base_correct = sum(int((model(x).argmax(1) == y).sum()) for x, y, _ in batches)
+    base = 100.0 * base_correct / n
+    counter = _Counter(model, engine, max_images)
+    total = sum(m.out_channels for _, m in convs)
+    bar = progress(total=total, desc=f"assess {method}", unit="filter", enable=show_progress)
+    scores: dict[str, list[float]] = {}
+    for name, conv in convs:
+        if method == "featswap":
+            clean_acts = [capture(name, xc) for _, _, xc in batches]
+            layer_batches = [(x, y, act) for (x, y, _), act in zip(batches, clean_acts, strict=True)]
+
+            def make_edit(clean_act: torch.Tensor) -> Edit:
+                def edit(t: torch.Tensor, ch: int, k: int) -> None:
+                    t[:, ch] = clean_act[:, ch]
+
+                return edit
+        else:
+            layer_batches = batches
+        counts = counter.layer(name, conv.out_channels, layer_batches, make_edit, bar)
+        if method == "perfloss":
+            scores[name] = [100.0 * (base_correct - int(c)) / n for c in counts]
+        else:
+            scores[name] = [100.0 * (int(c) - base_correct) / n for c in counts]
+    bar.close()
+    return BlameResult(method, base, n, scores, engine, time.perf_counter() - t0,
+                       details={"layers_assessed": len(convs), "filters": total})
+
+
+class _ActivationCapture:
+    """Output of one named module for a batch (the clean activations featswap swaps in)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def __call__(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        store: list[torch.Tensor] = []
+        handle = self.model.get_submodule(name).register_forward_hook(lambda m, i, o: store.append(o.detach().clone()))
+        try:
+            self.model(x)
+        finally:
+            handle.remove()
+        return store[0]

@@ -1,0 +1,323 @@
+"""Evaluate: the runtime switch that routes each input to the original or the patched path.
+
+The indicator sits at the first patched conv ℓ₁ and the BatchNorm b₁ it feeds. Two gates:
+
+* ``reference``: the paper's disagreement score d_i, the fraction of units of the patched channels
+  of ℓ₁ whose on/off state after b₁ (sign) differs between the original and the patched path.
+  τ is the midpoint of its mean on clean and on perturbed validation data; the direction (which
+  side means "perturbed") is derived from those means and a margin is asserted (spec bug 4).
+* ``learned``: a small CNN on b₁'s original-path activations, trained on the validation split to
+  tell clean from perturbed inputs; threshold chosen on a held-out part of the validation split.
+
+Two routing modes: ``per-sample`` (each input decides for itself; the paper's claim) and
+``batch-majority`` (one vote routes the whole batch; the reference implementation, spec bug 1).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from deeppatch.data import TensorSplit, to_float
+from deeppatch.errors import DeepPatchError
+from deeppatch.seeding import make_generator
+from deeppatch.technique.patching import PatchedNetwork, PatchSpec
+
+GATES = ("reference", "learned")
+ROUTINGS = ("per-sample", "batch-majority")
+MIN_MARGIN = 1e-3  # |mean_clean - mean_perturbed| of the reference score below this: refuse
+
+
+def check_choice(value: str, choices: tuple[str, ...], what: str) -> str:
+    if value not in choices:
+        raise DeepPatchError(f"unknown {what} {value!r}; valid choices: {', '.join(choices)}")
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# gates: (a_orig, a_patch) at b1 -> perturbedness score (higher = more likely perturbed)
+
+
+class ReferenceGate(nn.Module):
+    """The reference's XOR-sign disagreement over the patched channels of ℓ₁, with a calibrated τ."""
+
+    def __init__(self, indices: list[int]) -> None:
+        super().__init__()
+        self.register_buffer("indices", torch.tensor(indices, dtype=torch.long))
+        self.register_buffer("tau", torch.tensor(0.0))
+        self.register_buffer("direction", torch.tensor(-1.0))  # -1: perturbed if d < tau (the reference's)
+
+    def disagreement(self, a_orig: torch.Tensor, a_patch: torch.Tensor) -> torch.Tensor:
+        o = a_orig.index_select(1, self.indices) > 0
+        p = a_patch.index_select(1, self.indices) > 0
+        return (o ^ p).flatten(1).float().mean(1)
+
+    def score(self, a_orig: torch.Tensor, a_patch: torch.Tensor) -> torch.Tensor:
+        """Perturbedness: the disagreement signed so that higher means perturbed."""
+        return self.direction * self.disagreement(a_orig, a_patch)
+
+    def perturbed(self, a_orig: torch.Tensor, a_patch: torch.Tensor) -> torch.Tensor:
+        return self.score(a_orig, a_patch) > self.direction * self.tau
+
+    def calibrate(self, d_clean: torch.Tensor, d_perturbed: torch.Tensor, decision_factor: float = 1.0
+                  ) -> dict[str, float]:
+        mc, mp = float(d_clean.mean()), float(d_perturbed.mean())
+        if abs(mc - mp) < MIN_MARGIN:
+            raise DeepPatchError(
+                f"the reference indicator cannot tell clean from perturbed validation data (mean disagreement "
+                f"{mc:.4f} vs {mp:.4f}); use --gate learned")
+        self.direction.fill_(-1.0 if mp < mc else 1.0)
+        self.tau.fill_(decision_factor * (mc + mp) / 2)
+        return {"mean_clean": mc, "mean_perturbed": mp, "tau": float(self.tau),
+                "direction": "perturbed if d < tau" if mp < mc else "perturbed if d > tau"}
+
+
+class LearnedGate(nn.Module):
+    """A small CNN on b₁'s original-path activations -> logit of "perturbed".
+
+    Early activations, not raw pixels: the same gate can be trained for any perturbation family.
+    """
+
+    def __init__(self, in_channels: int, width: int = 16, stride: int = 1) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, width, 3, stride=stride, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(width)
+        self.head = nn.Sequential(nn.Linear(3 * width, 32), nn.ReLU(), nn.Linear(32, 1))
+        self.register_buffer("threshold", torch.tensor(0.0))  # on the logit
+        self.width, self.stride, self.in_channels = width, stride, in_channels
+
+    def logit(self, a_orig: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.bn(self.conv(a_orig.float())))
+        flat = h.flatten(2)
+        feats = torch.cat([flat.mean(2), flat.std(2), flat.amax(2)], 1)
+        return self.head(feats).squeeze(1)
+
+    def score(self, a_orig: torch.Tensor, a_patch: torch.Tensor) -> torch.Tensor:
+        return self.logit(a_orig)
+
+    def perturbed(self, a_orig: torch.Tensor, a_patch: torch.Tensor) -> torch.Tensor:
+        return self.logit(a_orig) > self.threshold
+
+    def macs_per_image(self, h: int, w: int) -> int:
+        ho, wo = -(-h // self.stride), -(-w // self.stride)
+        return self.in_channels * self.width * 9 * ho * wo + 3 * self.width * 32 + 32
+
+
+# --------------------------------------------------------------------------------------------
+# the switched model
+
+
+class SwitchedModel(nn.Module):
+    """A patched network whose route is decided per input (or per batch) by a gate.
+
+    `mode`: "switch" (default), or "original" / "patched" to force one path (ablations).
+    """
+
+    def __init__(self, patched: PatchedNetwork, reference: ReferenceGate, learned: LearnedGate | None = None,
+                 *, gate: str = "reference", routing: str = "per-sample") -> None:
+        super().__init__()
+        self.patched = patched
+        self.reference_gate = reference
+        self.learned_gate = learned
+        self.gate = gate
+        self.routing = routing
+        self.mode = "switch"
+        self.configure(gate=gate, routing=routing)
+
+    def configure(self, *, gate: str | None = None, routing: str | None = None, mode: str | None = None
+                  ) -> SwitchedModel:
+        if gate is not None:
+            check_choice(gate, GATES, "gate")
+            if gate == "learned" and self.learned_gate is None:
+                raise DeepPatchError("this checkpoint has no learned gate; use --gate reference")
+            self.gate = gate
+        if routing is not None:
+            self.routing = check_choice(routing, ROUTINGS, "routing mode")
+        if mode is not None:
+            self.mode = check_choice(mode, ("switch", "original", "patched"), "mode")
+        return self
+
+    def active_gate(self) -> nn.Module:
+        return self.learned_gate if self.gate == "learned" else self.reference_gate
+
+    def _decide(self, a_orig: torch.Tensor, a_patch: torch.Tensor) -> torch.Tensor:
+        perturbed = self.active_gate().perturbed(a_orig, a_patch)
+        if self.routing == "batch-majority":
+            vote = perturbed.float().mean() > 0.5  # the reference: > half of the batch
+            perturbed = torch.full_like(perturbed, bool(vote))
+        return perturbed
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode != "switch":
+            return self.patched.run(x, self.mode)
+        return self.patched.run(x, "switch", gate=self._decide)
+
+    @torch.inference_mode()
+    def decisions(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(routed to the patch?, perturbedness score) per input, computing only up to b₁."""
+        a_orig, a_patch = self.patched.indicator_inputs(x)
+        return self._decide(a_orig, a_patch), self.active_gate().score(a_orig, a_patch)
+
+
+# --------------------------------------------------------------------------------------------
+# calibration on validation data
+
+
+def _scores(patched: PatchedNetwork, gate: nn.Module, data: TensorSplit, batch_size: int,
+            device: torch.device) -> torch.Tensor:
+    out = []
+    with torch.inference_mode():
+        for x, _ in data.batches(batch_size, device=device):
+            out.append(gate.score(*patched.indicator_inputs(x)).float().cpu())
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def auroc(neg: torch.Tensor, pos: torch.Tensor) -> float:
+    """P(score_pos > score_neg) + P(tie) / 2 (Mann-Whitney), exact; higher score = positive."""
+    scores = torch.cat([neg, pos]).double()
+    ranks = torch.empty_like(scores)
+    order = torch.argsort(scores, stable=True)
+    sorted_scores = scores[order]
+    ranks[order] = torch.arange(1, len(scores) + 1, dtype=torch.float64)
+    # average ranks over ties
+    uniq, inverse, counts = torch.unique_consecutive(sorted_scores, return_inverse=True, return_counts=True)
+    ends = torch.cumsum(counts, 0).double()
+    avg = ends - (counts.double() - 1) / 2
+    ranks[order] = avg[inverse]
+    r_pos = ranks[len(neg):].sum()
+    n_pos, n_neg = len(pos), len(neg)
+    return float((r_pos - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+@dataclass
+class GateTraining:
+    width: int = 16
+    stride: int = 1
+    epochs: int = 30
+    lr: float = 3e-3
+    batch_size: int = 256
+    holdout: float = 0.2
+    seed: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def train_learned_gate(patched: PatchedNetwork, clean: TensorSplit, perturbed: TensorSplit, device: torch.device,
+                       cfg: GateTraining) -> tuple[LearnedGate, dict[str, Any]]:
+    """Fit the learned gate on validation data: clean = 0, perturbed = 1 (classes balanced by
+    weighting), threshold at the best balanced accuracy on a held-out fifth of the images."""
+    t0 = time.perf_counter()
+    a0, _ = patched.indicator_inputs(to_float(clean.x[:2].to(device)))
+    gate = LearnedGate(a0.shape[1], cfg.width, cfg.stride).to(device)
+    gen = make_generator(cfg.seed, "gate-split")
+    # hold out whole source images: a clean image and its perturbed copies go to the same side
+    n_clean = len(clean)
+    copies = len(perturbed) // n_clean
+    holdout = torch.randperm(n_clean, generator=gen)[: max(1, int(cfg.holdout * n_clean))]
+    is_holdout = torch.zeros(n_clean, dtype=torch.bool)
+    is_holdout[holdout] = True
+    pert_holdout = is_holdout.repeat(copies)
+    x_all = torch.cat([to_float(clean.x.to(device)), to_float(perturbed.x.to(device))])
+    label = torch.cat([torch.zeros(n_clean), torch.ones(len(perturbed))]).to(device)
+    hold = torch.cat([is_holdout, pert_holdout]).to(device)
+    train_idx = (~hold).nonzero(as_tuple=True)[0]
+    pos_weight = torch.tensor(n_clean / max(len(perturbed), 1), device=device)  # balance 1 clean : k perturbed
+    opt = torch.optim.Adam(gate.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1))
+    for epoch in range(cfg.epochs):
+        gate.train()
+        order = train_idx[torch.randperm(len(train_idx), generator=make_generator(cfg.seed, "gate", epoch)).to(device)]
+        total = 0.0
+        for start in range(0, len(order), cfg.batch_size):
+            idx = order[start : start + cfg.batch_size]
+            with torch.no_grad():
+                a_orig, _ = patched.indicator_inputs(x_all[idx])
+            logit = gate.logit(a_orig)
+            loss = F.binary_cross_entropy_with_logits(logit, label[idx], pos_weight=pos_weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss) * len(idx)
+        sched.step()
+        cfg.history.append({"epoch": epoch + 1, "loss": total / max(len(order), 1)})
+    gate.eval()
+    hold_idx = hold.nonzero(as_tuple=True)[0]
+    with torch.inference_mode():
+        logits = torch.cat([gate.logit(patched.indicator_inputs(x_all[hold_idx[s : s + 512]])[0])
+                            for s in range(0, len(hold_idx), 512)]).cpu()
+    y_hold = label[hold_idx].cpu().bool()
+    threshold, balanced = best_threshold(logits[~y_hold], logits[y_hold])
+    gate.threshold.fill_(threshold)
+    info = {"holdout_auroc": auroc(logits[~y_hold], logits[y_hold]), "holdout_balanced_accuracy": balanced,
+            "threshold": threshold, "params": sum(p.numel() for p in gate.parameters()),
+            "macs_per_image": gate.macs_per_image(*a0.shape[2:]), "train_seconds": time.perf_counter() - t0,
+            "epochs": cfg.epochs, "width": cfg.width, "stride": cfg.stride,
+            "final_loss": cfg.history[-1]["loss"] if cfg.history else None}
+    return gate, info
+
+
+def best_threshold(neg: torch.Tensor, pos: torch.Tensor) -> tuple[float, float]:
+    """The cut maximising balanced accuracy (mean of the two per-class rates); midpoint between
+    neighbouring scores, so the rule is `score > threshold` means positive."""
+    scores = torch.cat([neg, pos]).double()
+    labels = torch.cat([torch.zeros(len(neg)), torch.ones(len(pos))]).double()
+    order = torch.argsort(scores)
+    s, l = scores[order], labels[order]
+    # candidate cut after position i: positives predicted for indices > i
+    neg_below = torch.cumsum(1 - l, 0)
+    pos_above = len(pos) - torch.cumsum(l, 0)
+    bal = 0.5 * (neg_below / max(len(neg), 1) + pos_above / max(len(pos), 1))
+    valid = torch.ones_like(bal, dtype=torch.bool)
+    valid[:-1] = s[1:] > s[:-1]  # only cut between distinct scores
+    bal = torch.where(valid, bal, torch.full_like(bal, -1.0))
+    i = int(torch.argmax(bal))
+    below_all = 0.5 * (len(pos) / max(len(pos), 1))  # everything positive
+    if below_all >= float(bal[i]):
+        return float(s[0] - 1.0), below_all
+    cut = float((s[i] + s[i + 1]) / 2) if i + 1 < len(s) else float(s[i] + 1.0)
+    return cut, float(bal[i])
+
+
+def calibrate_reference(patched: PatchedNetwork, gate: ReferenceGate, clean: TensorSplit, perturbed: TensorSplit,
+                        device: torch.device, batch_size: int = 512, decision_factor: float = 1.0
+                        ) -> dict[str, Any]:
+    with torch.inference_mode():
+        d = {name: torch.cat([gate.disagreement(*patched.indicator_inputs(x)).cpu()
+                              for x, _ in split.batches(batch_size, device=device)])
+             for name, split in (("clean", clean), ("perturbed", perturbed))}
+    return gate.calibrate(d["clean"], d["perturbed"], decision_factor)
+
+
+# --------------------------------------------------------------------------------------------
+# checkpoint record -> model
+
+
+def build_switched(base: nn.Module, specs: list[PatchSpec | Mapping[str, Any]], indicator: Mapping[str, Any],
+                   gate_cfg: Mapping[str, Any] | None, *, gate: str, routing: str, seed: int = 0) -> SwitchedModel:
+    patched = PatchedNetwork(base, [PatchSpec(**s) if isinstance(s, Mapping) else s for s in specs], seed=seed)
+    conv = patched.net.get_submodule(indicator["conv"])
+    bn = patched.net.get_submodule(indicator["bn"])
+    conv.is_indicator = bn.is_indicator = True
+    reference = ReferenceGate(conv.indices.tolist())
+    learned = None
+    if gate_cfg:
+        learned = LearnedGate(int(gate_cfg["in_channels"]), int(gate_cfg["width"]), int(gate_cfg["stride"]))
+    return SwitchedModel(patched, reference, learned, gate=gate, routing=routing)
+
+
+def restore_from_record(record: Mapping[str, Any]) -> SwitchedModel:
+    """Rebuild a DeepPatch model from its self-describing checkpoint (models/checkpoint.py)."""
+    from deeppatch.models.checkpoint import info_from_dict, load_state_strict
+    from deeppatch.models.registry import create_model
+
+    extra = record["extra"]
+    base = create_model(str(record["arch"]), info_from_dict(record["dataset"]))
+    model = build_switched(base, extra["specs"], extra["indicator"], extra.get("learned_gate"),
+                           gate=extra.get("gate", "reference"), routing=extra.get("routing", "per-sample"))
+    load_state_strict(model, record["state_dict"], f"the DeepPatch model of {record['arch']!r}")
+    return model.eval()

@@ -1,14 +1,17 @@
 """Pieces that several baseline correctors (``baselines/*.py``) share, so no baseline copies another.
 
-* `FinetuneParams`: the SGD hyperparameters every peer of the reference shares (spec section 5/6:
-  lr 0.01, momentum 0.9, weight decay 5e-4, batch 256, CosineAnnealingLR(T_max=200) per epoch).
-  Baselines subclass it and add their own fields.
+* `BaselineCorrector`: a Corrector whose `Params.__post_init__` errors also name the corrector.
+* `SGDParams` / `FinetuneParams` / `SelectionParams`: the SGD hyperparameters every peer of the
+  reference shares (spec section 5/6: lr 0.01, momentum 0.9, weight decay 5e-4, batch 256,
+  CosineAnnealingLR(T_max=200) per epoch; 40 epochs for the selection baselines). Baselines
+  subclass them and add their own fields.
 * `perturbed_pool`: ONE fixed perturbed copy of the training data, drawn once from a seeded
   generator. Selection baselines (DeepGini, RobOT, Apricot) score and train on the very same images;
   the reference re-augmented a selected sample when it was used (spec bug 21).
 * `fixed_batches` / `stream_batches`: seeded, shuffled batches of fixed data or of the maintenance
   stream (clean or perturbed per sample, redrawn every epoch).
-* `fine_tune_all`: every parameter trainable, the shared training loop, best epoch on append-val.
+* `fine_tune_all`: every parameter trainable, the shared training loop, best epoch on append-val;
+  `Selection` + `retrain_on_selection`: fine-tune on exactly the selected pool images.
 * `EpochGenerator`: a generator reseeded at the start of every epoch, for randomness inside a
   training step (PGD starts, AugMix chains), so a resumed run draws the same numbers.
 * `repair_cost`, `diagnostic`: the result records.
@@ -39,7 +42,7 @@ from deeppatch.seeding import derive_seed, make_generator
 from deeppatch.training import Batch, BatchSource, OptimConfig, StepFn, TrainResult, cross_entropy_step
 
 # --------------------------------------------------------------------------------------------
-# hyperparameters
+# the corrector base and hyperparameters
 
 
 class BaselineCorrector(Corrector):
@@ -52,7 +55,6 @@ class BaselineCorrector(Corrector):
         except DeepPatchError as exc:
             prefix = f"corrector {self.name!r}"
             raise DeepPatchError(str(exc) if str(exc).startswith(prefix) else f"{prefix}: {exc}") from None
-
 
 
 @dataclass

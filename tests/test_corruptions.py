@@ -149,6 +149,41 @@ def test_zoom_blur_matches_scipy_clipped_zoom():
     assert [len(zoom_factors(s)) for s in range(1, 6)] == [7, 12, 16, 21, 26]  # np.arange(1, 1.06, .01) etc.
 
 
+def test_glass_blur_equals_the_sequential_original_loop():
+    """make_cifar_c.py walks pixels bottom-right to top-left and "swaps" RGB pixels with a tuple
+    assignment of NumPy views, which copies the neighbour in; replayed here on the same draws."""
+    ndimage = pytest.importorskip("scipy.ndimage")
+    x = BATCHES["rgb32"][:2]
+    sigma, d, rounds = PARAMS["glass_blur"][3]
+    ours = corrupt(x, "glass_blur", 4, gen(3))
+    g = gen(3)
+    shifts = [torch.randint(-d, d, (2, 2, 32, 32), generator=g).numpy() for _ in range(rounds)]
+    for i in range(2):
+        img = x[i].permute(1, 2, 0).numpy().astype(np.float64)
+        img = np.floor(ndimage.gaussian_filter(img, (sigma, sigma, 0), mode="nearest") * 255 + 5e-3)
+        for r in range(rounds):
+            for h in range(32 - d, d, -1):
+                for w in range(32 - d, d, -1):
+                    dy, dx = shifts[r][0, i, h, w], shifts[r][1, i, h, w]
+                    img[h, w], img[h + dy, w + dx] = img[h + dy, w + dx], img[h, w]  # view copy, as there
+        ref = ndimage.gaussian_filter(img / 255, (sigma, sigma, 0), mode="nearest")
+        assert np.abs(ref - ours[i].permute(1, 2, 0).numpy()).max() < 1e-5
+
+
+def test_brightness_is_an_hsv_value_shift():
+    import colorsys
+
+    x = BATCHES["rgb32"][:1, :, :6, :6].clone()
+    x[0, :, 0, 0] = 0
+    for severity, c in enumerate(PARAMS["brightness"], start=1):
+        ours = corrupt(x, "brightness", severity)
+        for a in range(6):
+            for b in range(6):
+                h, s, v = colorsys.rgb_to_hsv(*x[0, :, a, b].tolist())
+                ref = colorsys.hsv_to_rgb(h, s, min(v + c, 1.0))
+                assert torch.allclose(ours[0, :, a, b], torch.tensor(ref, dtype=torch.float32), atol=1e-5)
+
+
 def test_perturbation_family_has_75_conditions_in_corruption_major_order():
     family = get_perturbation("corruptions")
     assert len(family.conditions) == 75

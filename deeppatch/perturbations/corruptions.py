@@ -15,8 +15,8 @@ grey throughout; brightness and snow use the RGB formulas only when C == 3).
 
 Where the output differs from the released CIFAR-10-C arrays, and why:
 
-* frost: the original blends crops of six frost photographs that we do not ship; `frost_texture`
-  generates a procedural ice texture instead (bright ridged veins, needles, haze; mean about 0.45).
+* frost: the original blends crops of frost photographs that we do not ship; `frost_texture`
+  crops procedural ice sheets instead (bright ridged veins, needles, haze; mean about 0.45).
   Frost numbers are therefore not comparable with CIFAR-10-C frost.
 * motion blur / snow: ImageMagick's one-sided motion-blur kernel is reproduced (width
   2 ceil(radius) + 1, Gaussian weights, edge pixels repeated), not called.
@@ -27,8 +27,7 @@ Where the output differs from the released CIFAR-10-C arrays, and why:
   details (OpenCV fixed-point bilinear, PIL's two-pass 8-bit resampling) may move pixels by a level.
 
 `quantize=True` stores results the way the released arrays were stored: ``np.uint8`` of a float
-truncates, except where the original went through an 8-bit codec (motion blur via PNG, pixelate via
-PIL, JPEG), which rounds.
+truncates (so does ImageMagick's 8-bit output, measured), except pixelate and JPEG, where PIL rounds.
 """
 
 from __future__ import annotations
@@ -145,7 +144,7 @@ def _filter_matrix(n: int, kernel: torch.Tensor, mode: str, device: torch.device
     src = _pad_index(n, r, mode, torch.device("cpu"))
     out = torch.arange(n)
     m = torch.zeros(n, n, dtype=torch.float64)
-    for t, weight in enumerate(kernel.double().cpu().tolist()):
+    for t, weight in enumerate(kernel.cpu().double().tolist()):
         m.index_put_((out, src[out + t]), torch.full((n,), weight, dtype=torch.float64), accumulate=True)
     return m.float().to(device)
 
@@ -244,7 +243,7 @@ def _motion_blur(x: torch.Tensor, radius: float, sigma: float, angles: torch.Ten
     i = torch.arange(width, dtype=torch.float64)
     k = torch.exp(-(i**2) / (2 * sigma**2))
     k = (k / k.sum()).tolist()
-    a = torch.deg2rad(angles.double().cpu())
+    a = torch.deg2rad(angles.cpu().double())
     ox = torch.ceil(i[None] * torch.cos(a)[:, None] - 0.5).long()  # (N, width), |offset| < width
     oy = torch.ceil(i[None] * torch.sin(a)[:, None] - 0.5).long()
     # replicate-pad once by the longest offset; then each tap is a flat gather at base + offset
@@ -539,7 +538,7 @@ def elastic_transform(x: torch.Tensor, severity: int, g: torch.Generator) -> tor
     # 1. affine: control points around the centre, each moved by U(-jitter, jitter) (x, y order)
     cx, cy, sq = float(w // 2), float(h // 2), float(min(h, w) // 3)
     src = torch.tensor([[cx + sq, cy + sq], [cx + sq, cy - sq], [cx - sq, cy - sq]], dtype=torch.float64)
-    dst = src[None] + _uniform((n, 3, 2), -jitter, jitter, g, dev).double().cpu()
+    dst = src[None] + _uniform((n, 3, 2), -jitter, jitter, g, torch.device("cpu")).double()
     ones = torch.ones(3, 1, dtype=torch.float64)
     fwd = torch.linalg.solve(torch.cat([src, ones], 1)[None].expand(n, 3, 3), dst)  # (n, 3, 2): [x y 1] @ fwd
     full = torch.zeros(n, 3, 3, dtype=torch.float64)

@@ -32,7 +32,6 @@ from torch import nn
 
 from deeppatch.attacks import NORMS, pgd
 from deeppatch.baseline_tools import (
-    BaselineCorrector,
     EpochGenerator,
     FinetuneParams,
     fine_tune_all,
@@ -40,7 +39,7 @@ from deeppatch.baseline_tools import (
     repair_cost,
     stream_batches,
 )
-from deeppatch.corrector import Repaired, RepairTask, Stopwatch, append_validator
+from deeppatch.corrector import Corrector, Repaired, RepairTask, Stopwatch, append_validator
 from deeppatch.errors import DeepPatchError
 from deeppatch.evaluation import accuracy
 from deeppatch.seeding import make_generator
@@ -115,7 +114,7 @@ def robust_validator(task: RepairTask, eps: float, alpha: float, p: Params):
     val = task.splits.val.to(task.device)
 
     def validate(model: nn.Module) -> float:
-        with torch.inference_mode(False), torch.enable_grad():  # the loop validates under inference mode
+        with torch.enable_grad():  # the loop validates under no_grad
             gen = make_generator(task.seed, "adversarial", "val-start", device=task.device)
             correct, n = 0, 0
             for x, y in val.batches(task.eval_batch_size, device=task.device):
@@ -130,7 +129,7 @@ def robust_validator(task: RepairTask, eps: float, alpha: float, p: Params):
     return validate
 
 
-class AdversarialTraining(BaselineCorrector):
+class AdversarialTraining(Corrector):
     """Fine-tune every parameter on PGD (Madry) or TRADES adversarial examples."""
 
     name = "adversarial"

@@ -25,7 +25,6 @@ import torch
 from torch import nn
 
 from deeppatch.baseline_tools import (
-    BaselineCorrector,
     FinetuneParams,
     diagnostic,
     fine_tune_all,
@@ -35,7 +34,7 @@ from deeppatch.baseline_tools import (
     repair_cost,
     stream_batches,
 )
-from deeppatch.corrector import Repaired, RepairTask, Stopwatch, append_validator, count_params
+from deeppatch.corrector import Corrector, Repaired, RepairTask, Stopwatch, append_validator, count_params
 from deeppatch.data import TensorSplit
 from deeppatch.errors import DeepPatchError
 from deeppatch.seeding import make_generator
@@ -126,7 +125,7 @@ class FixStats:
     undone_batches: int = 0
 
 
-class Apricot(BaselineCorrector):
+class Apricot(Corrector):
     """Adjust weights toward the mean of the rDLMs that classify each failing input correctly."""
 
     name = "apricot"

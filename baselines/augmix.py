@@ -28,7 +28,6 @@ import torchvision.transforms.v2.functional as TF
 from torch import nn
 
 from deeppatch.baseline_tools import (
-    BaselineCorrector,
     EpochGenerator,
     SGDParams,
     fine_tune_all,
@@ -36,7 +35,7 @@ from deeppatch.baseline_tools import (
     repair_cost,
     stream_batches,
 )
-from deeppatch.corrector import Repaired, RepairTask, Stopwatch
+from deeppatch.corrector import Corrector, Repaired, RepairTask, Stopwatch
 from deeppatch.errors import DeepPatchError
 
 # --------------------------------------------------------------------------------------------
@@ -225,7 +224,7 @@ class AugMixStep:
         return F.cross_entropy(clean, y) + self.p.jsd_weight * jsd(clean, aug1, aug2)
 
 
-class AugMix(BaselineCorrector):
+class AugMix(Corrector):
     """Fine-tune every parameter with AugMix views and the JSD consistency loss."""
 
     name = "augmix"

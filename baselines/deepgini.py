@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from deeppatch.baseline_tools import (
-    BaselineCorrector,
     Selection,
     SelectionParams,
     diagnostic,
@@ -28,7 +27,7 @@ from deeppatch.baseline_tools import (
     repair_cost,
     retrain_on_selection,
 )
-from deeppatch.corrector import Repaired, RepairTask, Stopwatch
+from deeppatch.corrector import Corrector, Repaired, RepairTask, Stopwatch
 from deeppatch.errors import DeepPatchError
 
 
@@ -54,7 +53,7 @@ class Params(SelectionParams):
             raise DeepPatchError(f"parameter 'fraction' must be > 0, got {self.fraction!r}")
 
 
-class DeepGini(BaselineCorrector):
+class DeepGini(Corrector):
     """Fine-tune every parameter on the most Gini-impure 10 % of a fixed perturbed training set."""
 
     name = "deepgini"

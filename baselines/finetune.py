@@ -11,14 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from deeppatch.baseline_tools import (
-    BaselineCorrector,
     FinetuneParams,
     fine_tune_all,
     p_clean_field,
     repair_cost,
     stream_batches,
 )
-from deeppatch.corrector import Repaired, RepairTask, Stopwatch
+from deeppatch.corrector import Corrector, Repaired, RepairTask, Stopwatch
 
 
 @dataclass
@@ -26,7 +25,7 @@ class Params(FinetuneParams):
     p_clean: float = p_clean_field()
 
 
-class Finetune(BaselineCorrector):
+class Finetune(Corrector):
     """All parameters fine-tuned on 50 % clean / 50 % perturbed data, best epoch on append-val."""
 
     name = "finetune"

@@ -27,7 +27,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from deeppatch.baseline_tools import (
-    BaselineCorrector,
     Selection,
     SelectionParams,
     diagnostic,
@@ -35,7 +34,7 @@ from deeppatch.baseline_tools import (
     repair_cost,
     retrain_on_selection,
 )
-from deeppatch.corrector import Repaired, RepairTask, Stopwatch
+from deeppatch.corrector import Corrector, Repaired, RepairTask, Stopwatch
 from deeppatch.errors import DeepPatchError
 
 
@@ -83,7 +82,7 @@ class Params(SelectionParams):
             raise DeepPatchError("parameters 'k_low' and 'k_high' select nothing: at least one must be > 0")
 
 
-class RobOT(BaselineCorrector):
+class RobOT(Corrector):
     """Fine-tune every parameter on the lowest- and highest-FOL tests of a fixed perturbed training set."""
 
     name = "robot"

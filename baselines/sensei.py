@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deeppatch.baseline_tools import BaselineCorrector, FinetuneParams, diagnostic, fine_tune_all, repair_cost
-from deeppatch.corrector import Repaired, RepairTask, Stopwatch
+from deeppatch.baseline_tools import FinetuneParams, diagnostic, fine_tune_all, repair_cost
+from deeppatch.corrector import Corrector, Repaired, RepairTask, Stopwatch
 from deeppatch.data import TensorSplit, to_float
 from deeppatch.perturbations.spatial import (
     SENSEI_CROSSOVER_PROB,
@@ -130,7 +130,7 @@ class SenseiBatches:
             yield x, y
 
 
-class Sensei(BaselineCorrector):
+class Sensei(Corrector):
     """Fine-tune every parameter on each image's worst variant found by SENSEI's genetic search."""
 
     name = "sensei"

@@ -1,6 +1,5 @@
 """Pieces that several baseline correctors (``baselines/*.py``) share, so no baseline copies another.
 
-* `BaselineCorrector`: a Corrector whose `Params.__post_init__` errors also name the corrector.
 * `SGDParams` / `FinetuneParams` / `SelectionParams`: the SGD hyperparameters every peer of the
   reference shares (spec section 5/6: lr 0.01, momentum 0.9, weight decay 5e-4, batch 256,
   CosineAnnealingLR(T_max=200) per epoch; 40 epochs for the selection baselines). Baselines
@@ -27,7 +26,6 @@ import torch
 from torch import nn
 
 from deeppatch.corrector import (
-    Corrector,
     RepairCost,
     RepairTask,
     append_validator,
@@ -43,18 +41,6 @@ from deeppatch.training import Batch, BatchSource, OptimConfig, StepFn, TrainRes
 
 # --------------------------------------------------------------------------------------------
 # the corrector base and hyperparameters
-
-
-class BaselineCorrector(Corrector):
-    """A Corrector whose cross-field checks (`Params.__post_init__`) name the corrector in their error,
-    as `parse_params`' own checks do."""
-
-    def __init__(self, **params: Any) -> None:
-        try:
-            super().__init__(**params)
-        except DeepPatchError as exc:
-            prefix = f"corrector {self.name!r}"
-            raise DeepPatchError(str(exc) if str(exc).startswith(prefix) else f"{prefix}: {exc}") from None
 
 
 @dataclass

@@ -191,7 +191,11 @@ def parse_params(params_cls: type, values: Mapping[str, Any], owner: str) -> Any
             if v is not None and "max" in meta and v > meta["max"]:
                 raise DeepPatchError(f"{where} must be <= {meta['max']}, got {v!r}")
         converted[name] = value
-    return params_cls(**converted)
+    try:
+        return params_cls(**converted)  # cross-field checks in __post_init__
+    except DeepPatchError as exc:
+        text = str(exc)
+        raise DeepPatchError(text if text.startswith(owner) else f"{owner}: {text}") from None
 
 
 def param_table(params_cls: type) -> list[dict[str, Any]]:

@@ -15,9 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from deeppatch.errors import DeepPatchError
+
+# torch is imported inside the two functions that need it: reports and specs use this module
+# without paying for a torch import.
 
 
 def ensure_writable_dir(path: str | os.PathLike) -> Path:
@@ -50,6 +51,8 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     """`torch.save` to a temp file, then rename: readers see the old file or the new one."""
+    import torch
+
     return _atomic_write(Path(path), lambda tmp: torch.save(obj, tmp))
 
 
@@ -75,8 +78,10 @@ def read_json(path: str | os.PathLike) -> Any:
         raise DeepPatchError(f"{str(p)!r} is not valid JSON: {exc}") from exc
 
 
-def safe_torch_load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+def safe_torch_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
     """Load a checkpoint with ``weights_only=True``; missing or corrupt files give one clear line."""
+    import torch
+
     p = Path(path)
     if not p.is_file():
         raise DeepPatchError(f"checkpoint not found: {str(p)!r}")

@@ -144,7 +144,7 @@ class TrainLoop:
         assert self.validate is not None
         was_training = self.model.training
         self.model.eval()
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference_mode: a validator may re-enable grad (PGD on val)
             score = float(self.validate(self.model))
         self.model.train(was_training)
         return score

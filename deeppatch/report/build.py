@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 from deeppatch.errors import DeepPatchError
@@ -25,6 +24,7 @@ from deeppatch.report.header import benchmark_name, header_items
 from deeppatch.report.plots import PLOT_FILES, TITLES, plot_all
 from deeppatch.report.tables import headline, sections
 from deeppatch.results import load_rows, read_manifest
+from deeppatch.storage import atomic_write_bytes, atomic_write_text
 
 DATA_FILES = (("rows.csv", "every result row (all columns), sorted by dataset, model, corrector, seed, suite, "
                            "condition"),
@@ -33,21 +33,10 @@ DATA_FILES = (("rows.csv", "every result row (all columns), sorted by dataset, m
 
 
 def write_file(data: bytes | str, path: Path) -> Path:
-    """Write beside the target, then rename: a reader (or a killed run) never sees half a file.
-
-    (deeppatch.storage does the same but imports torch, which a report does not otherwise need.)
-    """
-    data = data.encode("utf-8") if isinstance(data, str) else data
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Atomic write (temp file + rename): a reader or a killed run never sees half a file."""
+    if isinstance(data, str):
+        return atomic_write_text(data, path)
+    return atomic_write_bytes(data, path)
 
 
 def output_dir(out_dir: str | Path) -> Path:

@@ -69,23 +69,20 @@ class DeepPatchParams:
     blame_batch_size: int = field(default=500, metadata={"help": "images per blame batch", "min": 1})
 
 
-def patch_model(task: RepairTask, params: DeepPatchParams, ranking: dict[str, Any] | None
-                ) -> tuple[SwitchedModel, dict[str, Any]]:
-    """Build, train and calibrate the patched model from a ranking (None for side=random)."""
+def train_patch(task: RepairTask, params: DeepPatchParams, ranking: dict[str, Any] | None
+                ) -> tuple[PatchedNetwork, dict[str, Any]]:
+    """Plan the patch from a ranking (None for side=random), build it and train it (always patched)."""
     base = task.copy_model().eval()
     plan = plan_patches(base, ranking, ratio=params.ratio, side=params.side, unit=params.unit,
                         grouped=params.grouped, layers=tuple(params.layers), seed=task.seed)
     network = PatchedNetwork(base, plan.specs, seed=task.seed, init=params.init).to(task.device)
-    example = to_float(task.splits.val.x[:2]).to(task.device)
-    conv_name, bn_name = network.locate_indicator(example)
     trainable = network.freeze_all_but_patch()
     pv = perturbed_val(task)
     train = task.train_data()
     batch_size = task.batch_size(params.batch_size)
-    epochs = task.epochs(params.epochs)
     network.set_mode("patched")
     result = train_model(
-        task, network, trainable, tag=f"deeppatch-{params.unit}", epochs=epochs,
+        task, network, trainable, tag=f"deeppatch-{params.unit}", epochs=task.epochs(params.epochs),
         batches=maintenance_batches(task, train, batch_size, p_clean=params.p_clean, purpose="deeppatch"),
         num_batches=train.num_batches(batch_size),
         optim=OptimConfig(lr=params.lr, momentum=params.momentum, weight_decay=params.weight_decay,
@@ -93,6 +90,20 @@ def patch_model(task: RepairTask, params: DeepPatchParams, ranking: dict[str, An
         validate=append_validator(task, pv), select="best",
     )
     network.eval()
+    extra = {
+        "specs": [s.to_dict() for s in plan.specs], "skipped": plan.skipped, "plan": plan.settings,
+        "training": {k: v for k, v in result.to_dict().items() if k != "history"},
+        "history": result.history, "params": asdict(params),
+    }
+    return network, extra
+
+
+def patch_model(task: RepairTask, params: DeepPatchParams, ranking: dict[str, Any] | None
+                ) -> tuple[SwitchedModel, dict[str, Any]]:
+    """Train the patch, then place and calibrate the switch: the whole DeepPatch repair."""
+    network, extra = train_patch(task, params, ranking)
+    conv_name, bn_name = network.locate_indicator(to_float(task.splits.val.x[:2]).to(task.device))
+    pv = perturbed_val(task)
     reference = ReferenceGate(network.net.get_submodule(conv_name).indices.tolist()).to(task.device)
     calibration = calibrate_reference(network, reference, pv.clean, pv.perturbed, task.device,
                                       decision_factor=params.decision_factor)
@@ -105,14 +116,11 @@ def patch_model(task: RepairTask, params: DeepPatchParams, ranking: dict[str, An
     elif params.gate == "learned":
         raise DeepPatchError("gate=learned needs gate_epochs > 0")
     model = SwitchedModel(network, reference, learned, gate=params.gate, routing=params.routing).eval()
-    extra = {
-        "specs": [s.to_dict() for s in plan.specs], "skipped": plan.skipped, "plan": plan.settings,
+    extra.update({
         "indicator": {"conv": conv_name, "bn": bn_name}, "gate": params.gate, "routing": params.routing,
         "reference_calibration": calibration, "learned_gate": None if learned is None else {
             "in_channels": learned.in_channels, "width": learned.width, "stride": learned.stride, **gate_info},
-        "training": {k: v for k, v in result.to_dict().items() if k != "history"},
-        "history": result.history, "params": asdict(params),
-    }
+    })
     return model, extra
 
 

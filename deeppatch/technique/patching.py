@@ -437,3 +437,15 @@ def added_parameters(network: PatchedNetwork) -> int:
     units = sum(p.numel() for p in network.patch_parameters())
     stats = sum(m.patched_mean.numel() + m.patched_var.numel() for _, m in network.dual_bns())
     return units + stats
+
+
+def restore_from_record(record: dict[str, Any]) -> PatchedNetwork:
+    """Rebuild an always-patched network (DeepCorrect) from its self-describing checkpoint."""
+    from deeppatch.models.checkpoint import info_from_dict, load_state_strict
+    from deeppatch.models.registry import create_model
+
+    base = create_model(str(record["arch"]), info_from_dict(record["dataset"]))
+    network = PatchedNetwork(base, [PatchSpec(**s) for s in record["extra"]["specs"]])
+    network.set_mode(record["extra"].get("mode", "patched"))
+    load_state_strict(network, record["state_dict"], f"the patched model of {record['arch']!r}")
+    return network.eval()

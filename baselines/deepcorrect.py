@@ -1,0 +1,54 @@
+"""DeepCorrect (Borkar & Karam, IEEE TIP 2019): correction units on the most susceptible filters,
+without DeepPatch's switch (every input takes the corrected path).
+
+As in DeepPatch's re-implementation (spec 5.7): filters ranked by correction priority (``featswap``:
+the accuracy recovered when a filter's distorted activation is replaced by its clean one), a
+residual correction unit (1x1 -> BN -> ReLU -> 3x3 -> BN -> ReLU -> 3x3 -> BN -> ReLU -> 1x1, plus
+identity) on the top ``ratio`` of every groups=1 conv, trained alone on clean + distorted data.
+Unlike the reference, the corrected channels are written back in place, so the frozen layers that
+follow see channels in their original order (spec bug 7).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from deeppatch.corrector import Corrector, RepairCost, Repaired, RepairTask, Stopwatch
+from deeppatch.technique.blame import METHODS, blame
+from deeppatch.technique.corrector import DeepPatchParams, train_patch
+from deeppatch.technique.patching import added_parameters
+
+
+@dataclass
+class Params:
+    blame: str = field(default="featswap", metadata={"help": "ranking: featswap (DeepCorrect's correction "
+                                                             "priority) or perfloss", "choices": METHODS})
+    ratio: float = field(default=0.25, metadata={"help": "fraction of each conv's filters corrected",
+                                                 "min": 0.0, "max": 1.0})
+    epochs: int = field(default=20, metadata={"help": "training epochs", "min": 0})
+    lr: float = field(default=0.01, metadata={"help": "SGD learning rate", "min": 0.0})
+    batch_size: int = field(default=256, metadata={"help": "training batch size", "min": 1})
+    layers: list[str] = field(default_factory=lambda: ["*"], metadata={"help": "conv names to correct (fnmatch)"})
+
+
+class DeepCorrect(Corrector):
+    """DeepCorrect's correction units on featswap-ranked filters, always on (no switch)."""
+
+    name = "deepcorrect"
+    description = "DeepCorrect (Borkar & Karam, TIP 2019): residual correction units, no switch"
+    paper = "doi:10.1109/TIP.2019.2916541"
+    Params = Params
+
+    def repair(self, task: RepairTask) -> Repaired:
+        p: Params = self.params
+        dp = DeepPatchParams(blame=p.blame, unit="crtunit", ratio=p.ratio, epochs=p.epochs, lr=p.lr,
+                             batch_size=p.batch_size, layers=list(p.layers), gate_epochs=0, gate="reference")
+        with Stopwatch() as watch:
+            ranking = blame(task.model, p.blame, task.splits.val, task.perturbation, seed=task.seed,
+                            device=task.device, show_progress=task.show_progress).ranking()
+            network, extra = train_patch(task, dp, ranking)
+        extra["mode"] = "patched"
+        trainable = sum(q.numel() for q in network.patch_parameters())
+        cost = RepairCost(watch.elapsed, trainable, added_parameters(network), extra["training"]["epochs_run"],
+                          details={"kept": extra["training"]["kept"]})
+        return Repaired(network, cost, kind="deepcorrect", extra=extra)

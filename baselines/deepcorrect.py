@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from deeppatch.corrector import Corrector, RepairCost, Repaired, RepairTask, Stopwatch
-from deeppatch.technique.blame import METHODS, blame
-from deeppatch.technique.corrector import DeepPatchParams, train_patch
+from deeppatch.technique.blame import METHODS
+from deeppatch.technique.corrector import DeepPatchParams, cached_ranking, train_patch
 from deeppatch.technique.patching import added_parameters
 
 
@@ -44,8 +44,7 @@ class DeepCorrect(Corrector):
         dp = DeepPatchParams(blame=p.blame, unit="crtunit", ratio=p.ratio, epochs=p.epochs, lr=p.lr,
                              batch_size=p.batch_size, layers=list(p.layers), gate_epochs=0, gate="reference")
         with Stopwatch() as watch:
-            ranking = blame(task.model, p.blame, task.splits.val, task.perturbation, seed=task.seed,
-                            device=task.device, show_progress=task.show_progress).ranking()
+            ranking, _ = cached_ranking(task, p.blame)
             network, extra = train_patch(task, dp, ranking)
         extra["mode"] = "patched"
         trainable = sum(q.numel() for q in network.patch_parameters())

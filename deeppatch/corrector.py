@@ -25,7 +25,7 @@ import time
 import types
 import typing
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -71,6 +71,8 @@ class RepairTask:
     resume: bool = False
     show_progress: bool | None = None
     eval_batch_size: int = 512
+    cache_dir: Path | None = None  # artefacts shared between repairs (blame rankings), keyed by config
+    model_key: str | None = None  # identifies the model under maintenance for those caches
 
     def copy_model(self) -> nn.Module:
         """A private copy of the model under maintenance, on the task's device."""
@@ -89,6 +91,19 @@ class RepairTask:
 
     def state_path(self, tag: str) -> Path | None:
         return None if self.work_dir is None else Path(self.work_dir) / f"{tag}.state.pt"
+
+    def cached_json(self, kind: str, config: dict[str, Any], compute: Callable[[], Any]) -> Any:
+        """`compute()` once per (model under maintenance, kind, config); stored as JSON under cache_dir.
+
+        Without a cache_dir or a model_key it simply computes.
+        """
+        if self.cache_dir is None or self.model_key is None:
+            return compute()
+        from deeppatch.harness.store import cached_json
+
+        key = {"model": self.model_key, "kind": kind, "seed": self.seed, "perturbation": self.perturbation.name,
+               "conditions": list(self.perturbation.conditions), "val": len(self.splits.val), **config}
+        return cached_json(Path(self.cache_dir) / kind, key, compute)
 
 
 @dataclass

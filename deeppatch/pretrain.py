@@ -82,6 +82,25 @@ def train_from_scratch(model: nn.Module, splits: Splits, cfg: PretrainConfig, de
     return loop.run().to_dict()
 
 
+def obtain_model(cfg: PretrainConfig, splits: Splits, device: torch.device, state_path: Path | None,
+                 epochs: int) -> tuple[nn.Module, str, dict[str, Any] | None]:
+    """Release weights where they exist (and cfg.weights allows), else training from scratch.
+
+    Returns (model, where it came from, the training summary or None).
+    """
+    model = create_model(cfg.model, splits.info)
+    use_release = cfg.weights == "pretrained" or (cfg.weights == "auto" and has_pretrained(cfg.dataset, cfg.model))
+    if use_release:
+        try:
+            load_pretrained(model, cfg.dataset, cfg.model)
+            return model, "release weights (chenyaofo/pytorch-cifar-models)", None
+        except DeepPatchError:
+            if not cfg.train_if_missing:
+                raise
+            log.warning("release weights unavailable; training %s from scratch (--train-if-missing)", cfg.model)
+    return model, "scratch", train_from_scratch(model, splits, cfg, device, state_path, epochs)
+
+
 def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     """Load or train the model, evaluate clean + blur, write checkpoint and metrics JSON."""
     if cfg.weights not in WEIGHTS_CHOICES:
@@ -98,28 +117,11 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     ckpt = pretrained_path(cfg.output_dir, cfg.dataset, cfg.model)
     state_path = out / "pretrain.state.pt"
     epochs = cfg.epochs if cfg.epochs is not None else _default_epochs(cfg.dataset)
-    training: dict[str, Any] | None = None
-    source: str
-
     if cfg.resume and ckpt.is_file() and not state_path.is_file():
         model = load_model(ckpt, expect_arch=cfg.model, expect_dataset=cfg.dataset).model
-        source = "existing checkpoint"
+        source, training = "existing checkpoint", None
     else:
-        model = create_model(cfg.model, splits.info)
-        use_release = cfg.weights == "pretrained" or (
-            cfg.weights == "auto" and has_pretrained(cfg.dataset, cfg.model))
-        source = "scratch"
-        if use_release:
-            try:
-                load_pretrained(model, cfg.dataset, cfg.model)
-                source = "release weights (chenyaofo/pytorch-cifar-models)"
-            except DeepPatchError:
-                if not cfg.train_if_missing:
-                    raise
-                log.warning("release weights unavailable; training %s from scratch (--train-if-missing)",
-                            cfg.model)
-        if source == "scratch":
-            training = train_from_scratch(model, splits, cfg, device, state_path, epochs)
+        model, source, training = obtain_model(cfg, splits, device, state_path, epochs)
 
     model = model.to(device).eval()
     report = perturbation_report(model, splits.test, family, batch_size=cfg.eval_batch_size, device=device,

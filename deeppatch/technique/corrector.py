@@ -156,6 +156,21 @@ def validation_diagnostics(model: SwitchedModel, clean: TensorSplit, perturbed: 
     return rows
 
 
+def cached_ranking(task: RepairTask, method: str, *, engine: str = "auto", batch_size: int = 500
+                   ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The blame ranking of the model under maintenance, computed once per (model, method, data)."""
+
+    def compute() -> dict[str, Any]:
+        result = blame(task.model, method, task.splits.val, task.perturbation, seed=task.seed, device=task.device,
+                       batch_size=batch_size, engine=engine, show_progress=task.show_progress)
+        return {"ranking": result.ranking(), "info": {"method": result.method, "engine": result.engine,
+                                                      "seconds": result.seconds,
+                                                      "base_accuracy": result.base_accuracy}}
+
+    cached = task.cached_json("blame", {"method": method}, compute)
+    return cached["ranking"], cached["info"]
+
+
 class DeepPatchCorrector(Corrector):
     """DeepPatch (Wei et al., TOSEM 2023): blamed-filter patches with a runtime switch."""
 
@@ -170,12 +185,8 @@ class DeepPatchCorrector(Corrector):
             ranking = None
             blame_info: dict[str, Any] = {}
             if p.side != "random":
-                result = blame(task.model, p.blame, task.splits.val, task.perturbation, seed=task.seed,
-                               device=task.device, batch_size=p.blame_batch_size, engine=p.blame_engine,
-                               show_progress=task.show_progress)
-                ranking = result.ranking()
-                blame_info = {"method": result.method, "engine": result.engine, "seconds": result.seconds,
-                              "base_accuracy": result.base_accuracy}
+                ranking, blame_info = cached_ranking(task, p.blame, engine=p.blame_engine,
+                                                     batch_size=p.blame_batch_size)
             model, extra = patch_model(task, p, ranking)
         extra["blame"] = blame_info
         pv = perturbed_val(task)

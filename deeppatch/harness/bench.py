@@ -1,0 +1,141 @@
+"""`deeppatch bench`: expand a spec into cells, run what is not done, then build the report."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from deeppatch.device import resolve_device
+from deeppatch.errors import DeepPatchError
+from deeppatch.harness.launchers import LAUNCHERS, submitit_launch
+from deeppatch.harness.runner import (
+    failure_path,
+    maintenance_path,
+    record_failure,
+    repaired_path,
+    rows_path,
+    run_cell,
+    write_manifest,
+)
+from deeppatch.harness.spec import Cell, Spec
+from deeppatch.progress import progress
+
+log = logging.getLogger(__name__)
+
+ONLY_KEYS = ("dataset", "model", "corrector", "seed")
+
+
+@dataclass
+class BenchResult:
+    cells: int
+    skipped: int
+    ran: int
+    failed: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    report: dict[str, Any] | None = None
+
+
+def parse_only(text: str | None) -> dict[str, set[str]]:
+    """--only corrector=deeppatch,model=smallcnn (repeat a key for several values)."""
+    out: dict[str, set[str]] = {}
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
+        key, sep, value = part.partition("=")
+        key = key.strip()
+        if not sep or key not in ONLY_KEYS:
+            raise DeepPatchError(f"--only takes key=value pairs with keys {', '.join(ONLY_KEYS)}; got {part!r}")
+        out.setdefault(key, set()).add(value.strip())
+    return out
+
+
+def select_cells(spec: Spec, only: dict[str, set[str]]) -> list[Cell]:
+    cells = spec.cells()
+    values = {"dataset": lambda c: {c.dataset.name}, "model": lambda c: {c.model.name},
+              "corrector": lambda c: {c.corrector.label, c.corrector.name}, "seed": lambda c: {str(c.seed)}}
+    for key, wanted in only.items():
+        cells = [c for c in cells if values[key](c) & wanted]
+    if not cells:
+        raise DeepPatchError(f"--only {only} selects no cell of the spec")
+    return cells
+
+
+def override_seeds(spec: Spec, n: int | None) -> None:
+    """--seeds N: the spec's first seed and the N - 1 integers after it."""
+    if n is None:
+        return
+    if n <= 0:
+        raise DeepPatchError(f"--seeds must be positive, got {n}")
+    spec.seeds = [spec.seeds[0] + i for i in range(n)]
+
+
+def describe_grid(spec: Spec, cells: list[Cell], results_dir: Path) -> list[str]:
+    lines = [f"benchmark {spec.name}: {len(cells)} cells -> {results_dir}"]
+    for cell in cells:
+        state = []
+        if rows_path(results_dir, cell).is_file():
+            state.append("done")
+        else:
+            if maintenance_path(results_dir, cell).is_file():
+                state.append("model cached")
+            if repaired_path(results_dir, cell).is_file():
+                state.append("repair cached")
+            if failure_path(results_dir, cell).is_file():
+                state.append("failed before")
+        lines.append(f"  {cell.describe():60s} {', '.join(state) or 'to run'}  [{cell.key()}]")
+    return lines
+
+
+def run_benchmark(spec: Spec, *, only: dict[str, set[str]] | None = None, device: str | None = None,
+                  launcher: str = "local", launcher_options: dict[str, Any] | None = None,
+                  results_dir: str | Path | None = None, report_dir: str | Path | None = None,
+                  dry_run: bool = False, show_progress: bool | None = None, build: bool = True) -> BenchResult:
+    if launcher not in LAUNCHERS:
+        raise DeepPatchError(f"unknown launcher {launcher!r}; valid choices: {', '.join(LAUNCHERS)}")
+    t0 = time.perf_counter()
+    results = Path(results_dir or spec.results_dir)
+    if device is not None:
+        spec.device = device
+    torch_device = resolve_device(spec.device)
+    cells = select_cells(spec, only or {})
+    if dry_run:
+        print("\n".join(describe_grid(spec, cells, results)))
+        return BenchResult(len(cells), 0, 0)
+    write_manifest(spec, results, torch_device)
+    todo = [c for c in cells if not rows_path(results, c).is_file()]
+    result = BenchResult(len(cells), len(cells) - len(todo), 0)
+    bar = progress(total=len(cells), initial=result.skipped, desc=f"bench {spec.name}", unit="cell",
+                   enable=show_progress, leave=True)
+
+    def done(cell: Cell, status: str) -> None:
+        result.ran += 1
+        if status != "ok":
+            result.failed.append(f"{cell.describe()}: {status}")
+            log.error("cell %s failed: %s", cell.describe(), status)
+        bar.update(1)
+
+    if launcher == "local":
+        for cell in todo:
+            bar.set_postfix_str(cell.describe(), refresh=True)
+            try:
+                run_cell(cell, results, device=torch_device, show_progress=show_progress)
+                done(cell, "ok")
+            except KeyboardInterrupt:
+                bar.close()
+                raise
+            except Exception as exc:
+                record_failure(results, cell, exc)
+                done(cell, f"{type(exc).__name__}: {exc}")
+    else:
+        options = {**spec.launcher, **(launcher_options or {})}
+        submitit_launch(spec, todo, results, options, done)
+    bar.close()
+    if build:
+        from deeppatch.report import build_report
+
+        result.report = {k: str(v) for k, v in build_report(results, report_dir or spec.report_dir).items()}
+    result.seconds = time.perf_counter() - t0
+    return result

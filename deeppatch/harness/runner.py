@@ -1,0 +1,190 @@
+"""Run grid cells: model under maintenance (cached) -> repair (cached) -> suites -> result rows.
+
+A cell's rows land in one file, written atomically at the end; a finished cell is skipped on the
+next run; a killed cell resumes its training from the last epoch checkpoint. A failing cell is
+recorded with its error under failures/ and does not stop the others.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+import traceback
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from deeppatch.data import Splits, load_splits, stratified_subset
+from deeppatch.device import resolve_device
+from deeppatch.errors import DeepPatchError
+from deeppatch.harness.spec import Cell, Spec, stable_hash
+from deeppatch.harness.store import file_lock
+from deeppatch.models.checkpoint import load_model, save_model
+from deeppatch.perturbations import get_perturbation
+from deeppatch.results import SuiteRow, complete_row, params_hash, write_cell_rows
+from deeppatch.seeding import seed_everything
+from deeppatch.storage import atomic_write_json
+from deeppatch.versions import device_name, environment_versions
+
+log = logging.getLogger(__name__)
+
+
+def rows_path(results_dir: Path, cell: Cell) -> Path:
+    return Path(results_dir) / "rows" / f"{cell.key()}.jsonl"
+
+
+def failure_path(results_dir: Path, cell: Cell) -> Path:
+    return Path(results_dir) / "failures" / f"{cell.key()}.json"
+
+
+def model_key(cell: Cell) -> str:
+    return stable_hash({"dataset": cell.dataset.config(), "model": cell.model.config(),
+                        "seed": cell.spec.pretrain_seed})
+
+
+def maintenance_path(results_dir: Path, cell: Cell) -> Path:
+    return Path(results_dir) / "cache" / "models" / f"{cell.dataset.name}__{cell.model.name.replace(':', '_')}__" \
+        f"{model_key(cell)}.pt"
+
+
+def repaired_path(results_dir: Path, cell: Cell) -> Path:
+    return Path(results_dir) / "models" / f"{cell.key()}.pt"
+
+
+def load_cell_splits(cell: Cell) -> Splits:
+    d = cell.dataset
+    return load_splits(d.name, d.data_dir, download=d.download, val_fraction=d.val_fraction, split_seed=d.split_seed)
+
+
+def maintenance_model(cell: Cell, splits: Splits, results_dir: Path, device: torch.device) -> tuple[nn.Module, str]:
+    """The model under maintenance: trained or loaded once per (data set, model config), under a lock."""
+    path = maintenance_path(results_dir, cell)
+    with file_lock(path.with_suffix(".lock")):
+        if path.is_file():
+            return load_model(path, expect_dataset=cell.dataset.name, device=device).model, "cache"
+        m = cell.model
+        if m.checkpoint:
+            model = load_model(m.checkpoint, expect_dataset=cell.dataset.name, device=device).model
+            source = f"checkpoint {m.checkpoint}"
+        elif m.name.startswith("robustbench:"):
+            from deeppatch.models.robustbench_models import load_robustbench_model
+
+            model = load_robustbench_model(m.name.split(":", 1)[1], cell.dataset.name,
+                                           Path(results_dir) / "cache" / "robustbench")
+            source = "robustbench"
+        else:
+            from deeppatch.pretrain import PretrainConfig, _default_epochs, obtain_model
+
+            cfg = PretrainConfig(model=m.name, dataset=cell.dataset.name, lr=m.lr, batch_size=m.batch_size,
+                                 epochs=m.epochs, resume=True, seed=cell.spec.pretrain_seed, weights=m.weights,
+                                 train_if_missing=m.train_if_missing, train_subset=m.train_subset)
+            seed_everything(cell.spec.pretrain_seed)
+            epochs = m.epochs if m.epochs is not None else _default_epochs(cell.dataset.name)
+            model, source, _ = obtain_model(cfg, splits, device, path.with_suffix(".state.pt"), epochs)
+        kind = "robustbench" if m.name.startswith("robustbench:") else "plain"
+        extra = getattr(model, "deeppatch_extra", {}) if kind == "robustbench" else {}
+        save_model(path, model, arch=m.name, info=splits.info, kind=kind, extra=extra,
+                   meta={"source": source, "config": cell.model.config()})
+        path.with_suffix(".state.pt").unlink(missing_ok=True)
+        return model.to(device).eval(), source
+
+
+def run_cell(cell: Cell, results_dir: Path, *, device: torch.device | None = None,
+             show_progress: bool | None = None) -> list[dict[str, Any]]:
+    """Repair and evaluate one cell; write and return its full rows.
+
+    Holds the cell's lock: a second worker on the same results folder waits, then finds the rows.
+    """
+    with file_lock(Path(results_dir) / "locks" / f"{cell.key()}.lock"):
+        done = rows_path(results_dir, cell)
+        if done.is_file():
+            return [json.loads(line) for line in done.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return _run_cell(cell, Path(results_dir), device=device, show_progress=show_progress)
+
+
+def _run_cell(cell: Cell, results_dir: Path, *, device: torch.device | None,
+              show_progress: bool | None) -> list[dict[str, Any]]:
+    from deeppatch.corrector import Budget, RepairCost, RepairTask, get_corrector
+    from deeppatch.suites import SuiteContext, get_suite
+    from deeppatch.technique.diagnostics import diagnostic_rows
+
+    spec = cell.spec
+    results_dir = Path(results_dir)
+    device = device or resolve_device(spec.device)
+    t_cell = time.perf_counter()
+    splits = load_cell_splits(cell)
+    family = get_perturbation(spec.perturbation, **spec.perturbation_settings)
+    base, _ = maintenance_model(cell, splits, results_dir, device)
+    seed_everything(cell.seed)
+    corrector = get_corrector(cell.corrector.name, cell.corrector.params, spec.plugin_dirs)
+    work = results_dir / "work" / cell.key()
+    task = RepairTask(model=base, arch=cell.model.name, splits=splits, perturbation=family, device=device,
+                      seed=cell.seed, budget=Budget(**cell.effective_budget()), work_dir=work, resume=True,
+                      show_progress=show_progress, eval_batch_size=spec.eval_batch_size,
+                      cache_dir=results_dir / "cache", model_key=model_key(cell))
+    rpath = repaired_path(results_dir, cell)
+    if rpath.is_file():
+        loaded = load_model(rpath, device=device)
+        model = loaded.model
+        cost = RepairCost(**loaded.record["meta"]["cost"])
+        diagnostics = [SuiteRow(**r) for r in loaded.record["meta"]["diagnostics"]]
+    else:
+        repaired = corrector.repair(task)
+        model, cost, diagnostics = repaired.model, repaired.cost, repaired.diagnostics
+        save_model(rpath, model, arch=cell.model.name, info=splits.info, kind=repaired.kind, extra=repaired.extra,
+                   meta={"cost": asdict(cost), "diagnostics": [d.to_dict() for d in diagnostics],
+                         "cell": cell.config()})
+    model = model.to(device).eval()
+
+    test = stratified_subset(splits.test, spec.n_eval, cell.seed).to(device)
+    rows: list[SuiteRow] = []
+    for name, settings in spec.suites.items():
+        sub = stratified_subset(test, spec.suite_n_eval.get(name), cell.seed)
+        ctx = SuiteContext(splits.info, sub, device, seed=cell.seed, batch_size=spec.eval_batch_size,
+                           cache_dir=results_dir / "cache" / "suites",
+                           data_dir=Path(cell.dataset.data_dir) if cell.dataset.data_dir else None)
+        rows.extend(get_suite(name, **settings).evaluate(model, ctx))
+    rows.extend(diagnostics)
+    rows.extend(diagnostic_rows(model, test, family, device, spec.eval_batch_size))
+
+    identity = {
+        "benchmark": spec.name, "dataset": cell.dataset.name, "model": cell.model.name,
+        "corrector": cell.corrector.label, "params": {"name": cell.corrector.name, **cell.corrector.params},
+        "params_hash": params_hash({"name": cell.corrector.name, "params": cell.corrector.params,
+                                    "budget": cell.effective_budget()}),
+        "seed": cell.seed, "repair_time_s": cost.wall_time_s, "trainable_params": cost.trainable_params,
+        "added_params": cost.added_params, "epochs": cost.epochs, "device": device_name(device),
+        "versions": environment_versions(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    full = [complete_row(r, identity) for r in rows]
+    write_cell_rows(results_dir, cell.key(), full)
+    failure_path(results_dir, cell).unlink(missing_ok=True)
+    shutil.rmtree(work, ignore_errors=True)
+    log.info("cell %s done in %.1f s", cell.describe(), time.perf_counter() - t_cell)
+    return full
+
+
+def record_failure(results_dir: Path, cell: Cell, exc: BaseException) -> None:
+    atomic_write_json({"cell": cell.describe(), "key": cell.key(), "config": cell.config(),
+                       "error": f"{type(exc).__name__}: {exc}", "user_error": isinstance(exc, DeepPatchError),
+                       "traceback": traceback.format_exc(),
+                       "created": datetime.now(timezone.utc).isoformat(timespec="seconds")},
+                      failure_path(results_dir, cell))
+
+
+def write_manifest(spec: Spec, results_dir: Path, device: torch.device) -> None:
+    versions = environment_versions()
+    atomic_write_json({"benchmark": spec.name, "spec": {"name": spec.name, "file": spec.path},
+                       "description": spec.description, "spec_content": spec.raw,
+                       "git_commit": versions.get("git_commit"), "versions": versions,
+                       "device": device_name(device), "seeds": spec.seeds, "n_eval": spec.n_eval,
+                       "suite_n_eval": spec.suite_n_eval, "maintenance": {"perturbation": spec.perturbation,
+                                                                          **spec.perturbation_settings}},
+                      Path(results_dir) / "manifest.json")

@@ -1,0 +1,311 @@
+"""Benchmark specs: TOML files naming data sets, models, correctors, suites, seeds and budgets.
+
+Every table has a fixed set of keys; anything else is rejected with the file, the key and the valid
+keys. Names (data sets, models, correctors, suites, perturbations) and corrector parameters are
+checked against their registries when the spec is loaded, so a typo fails before any work starts.
+
+Grid: data sets x models x correctors x seeds, where each corrector entry expands its ``grid``
+table (every list value is an axis) into one corrector configuration per combination. ``params``
+are fixed values (lists there stay lists, e.g. ``layers``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from deeppatch.errors import DeepPatchError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+TOP_KEYS = {"name", "description", "seeds", "device", "plugin_dirs", "maintenance", "datasets", "models",
+            "correctors", "suites", "budget", "evaluation", "launcher", "pretrain_seed", "results_dir",
+            "report_dir"}
+MAINTENANCE_KEYS = {"perturbation", "settings"}
+DATASET_KEYS = {"name", "data_dir", "val_fraction", "split_seed", "download"}
+MODEL_KEYS = {"name", "weights", "epochs", "lr", "batch_size", "train_if_missing", "train_subset", "checkpoint"}
+CORRECTOR_KEYS = {"name", "params", "grid", "label", "budget"}
+BUDGET_KEYS = {"epochs", "train_subset", "batch_size"}
+EVALUATION_KEYS = {"n_eval", "batch_size"}
+SUITE_HARNESS_KEYS = {"n_eval"}  # per-suite keys the harness consumes; the rest are suite settings
+LAUNCHER_KEYS = {"name", "cluster", "partition", "gpus_per_task", "cpus_per_task", "time_limit_min",
+                 "array_parallelism", "mem_gb", "folder"}
+WEIGHTS = ("auto", "pretrained", "scratch")
+
+
+def _check_keys(table: Any, allowed: set[str], where: str, file: str) -> dict[str, Any]:
+    if not isinstance(table, dict):
+        raise DeepPatchError(f"{file}: {where} must be a table, got {type(table).__name__}")
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise DeepPatchError(f"{file}: unknown key {unknown[0]!r} in {where}; valid keys: {', '.join(sorted(allowed))}")
+    return table
+
+
+def _positive_int(value: Any, key: str, where: str, file: str, allow_none: bool = True) -> int | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise DeepPatchError(f"{file}: {where}.{key} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    name: str
+    data_dir: str | None = None
+    val_fraction: float = 0.02
+    split_seed: int = 2021
+    download: bool = False
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, "val_fraction": self.val_fraction, "split_seed": self.split_seed}
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    weights: str = "auto"
+    epochs: int | None = None
+    lr: float = 0.05
+    batch_size: int = 128
+    train_if_missing: bool = False
+    train_subset: int | None = None
+    checkpoint: str | None = None
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, "weights": self.weights, "epochs": self.epochs, "lr": self.lr,
+                "batch_size": self.batch_size, "train_subset": self.train_subset, "checkpoint": self.checkpoint}
+
+
+@dataclass(frozen=True)
+class CorrectorConfig:
+    """One corrector configuration of the grid (a `grid` combination already applied)."""
+
+    name: str
+    params: dict[str, Any]
+    label: str
+    budget: dict[str, Any]
+
+    def params_hash(self) -> str:
+        return stable_hash({"name": self.name, "params": self.params, "budget": self.budget})
+
+
+@dataclass
+class Spec:
+    name: str
+    path: str
+    description: str
+    seeds: list[int]
+    device: str
+    plugin_dirs: list[str]
+    perturbation: str
+    perturbation_settings: dict[str, Any]
+    datasets: list[DatasetEntry]
+    models: list[ModelEntry]
+    correctors: list[CorrectorConfig]
+    suites: dict[str, dict[str, Any]]  # suite -> settings
+    suite_n_eval: dict[str, int | None]
+    budget: dict[str, Any]
+    n_eval: int | None
+    eval_batch_size: int
+    launcher: dict[str, Any]
+    pretrain_seed: int
+    results_dir: str
+    report_dir: str
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    def cells(self) -> list[Cell]:
+        return [Cell(self, d, m, c, s) for d, m, c, s in
+                itertools.product(self.datasets, self.models, self.correctors, self.seeds)]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One grid cell: (data set, model, corrector configuration, seed)."""
+
+    spec: Spec
+    dataset: DatasetEntry
+    model: ModelEntry
+    corrector: CorrectorConfig
+    seed: int
+
+    def config(self) -> dict[str, Any]:
+        """Everything that determines this cell's rows: its key is a hash of this."""
+        s = self.spec
+        return {"dataset": self.dataset.config(), "model": self.model.config(), "pretrain_seed": s.pretrain_seed,
+                "corrector": {"name": self.corrector.name, "params": self.corrector.params,
+                              "budget": self.effective_budget()},
+                "maintenance": {"perturbation": s.perturbation, "settings": s.perturbation_settings},
+                "suites": s.suites, "suite_n_eval": s.suite_n_eval, "n_eval": s.n_eval, "seed": self.seed}
+
+    def effective_budget(self) -> dict[str, Any]:
+        return {**self.spec.budget, **self.corrector.budget}
+
+    def key(self) -> str:
+        readable = f"{self.dataset.name}__{self.model.name}__{self.corrector.label}__s{self.seed}"
+        safe = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in readable)
+        return f"{safe}__{stable_hash(self.config())}"
+
+    def describe(self) -> str:
+        return f"{self.dataset.name} / {self.model.name} / {self.corrector.label} / seed {self.seed}"
+
+
+def stable_hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _label(name: str, combo: dict[str, Any], base_label: str | None) -> str:
+    if not combo:
+        return base_label or name
+    parts = ",".join(f"{k}={v}" for k, v in combo.items())
+    return f"{base_label or name}[{parts}]"
+
+
+def _expand_corrector(entry: dict[str, Any], file: str, index: int, plugin_dirs: list[str]) -> list[CorrectorConfig]:
+    from deeppatch.corrector import get_corrector
+
+    where = f"[[correctors]] #{index + 1}"
+    _check_keys(entry, CORRECTOR_KEYS, where, file)
+    if "name" not in entry:
+        raise DeepPatchError(f"{file}: {where} needs a name")
+    name = str(entry["name"])
+    params = dict(entry.get("params", {}))
+    grid = dict(entry.get("grid", {}))
+    budget = _check_keys(dict(entry.get("budget", {})), BUDGET_KEYS, f"{where}.budget", file)
+    for key in BUDGET_KEYS:
+        _positive_int(budget.get(key), key, f"{where}.budget", file)
+    overlap = set(params) & set(grid)
+    if overlap:
+        raise DeepPatchError(f"{file}: {where} sets {sorted(overlap)[0]!r} in both params and grid")
+    axes = {k: (v if isinstance(v, list) else [v]) for k, v in grid.items()}
+    for k, v in axes.items():
+        if not v:
+            raise DeepPatchError(f"{file}: {where}.grid.{k} is an empty list")
+    out = []
+    for values in itertools.product(*axes.values()) if axes else [()]:
+        combo = dict(zip(axes, values, strict=True))
+        merged = {**params, **combo}
+        try:
+            corrector = get_corrector(name, merged, plugin_dirs)  # validates name and every value
+        except DeepPatchError as exc:
+            raise DeepPatchError(f"{file}: {where}: {exc}") from None
+        out.append(CorrectorConfig(name, corrector.params_dict(), _label(name, combo, entry.get("label")), budget))
+    return out
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Read and validate a spec file."""
+    p = Path(path)
+    file = str(p)
+    try:
+        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DeepPatchError(f"benchmark spec not found: {file}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise DeepPatchError(f"{file}: not valid TOML: {exc}") from None
+    return parse_spec(raw, file)
+
+
+def parse_spec(raw: dict[str, Any], file: str = "<spec>") -> Spec:
+    from deeppatch.data import get_dataset_source
+    from deeppatch.device import DEVICE_CHOICES
+    from deeppatch.models import get_entry
+    from deeppatch.perturbations import get_perturbation
+    from deeppatch.suites import get_suite
+
+    _check_keys(raw, TOP_KEYS, "the top level", file)
+    name = raw.get("name") or Path(file).stem
+    seeds = raw.get("seeds", [0])
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        seeds = list(range(seeds))
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
+                                                           for s in seeds):
+        raise DeepPatchError(f"{file}: seeds must be a count or a non-empty list of integers, got {seeds!r}")
+    device = str(raw.get("device", "auto"))
+    if device not in DEVICE_CHOICES and not device.startswith("cuda:"):
+        raise DeepPatchError(f"{file}: device {device!r}; valid choices: {', '.join(DEVICE_CHOICES)}")
+    plugin_dirs = [str((Path(file).parent / d).resolve()) for d in raw.get("plugin_dirs", [])]
+
+    maint = _check_keys(raw.get("maintenance", {}), MAINTENANCE_KEYS, "[maintenance]", file)
+    perturbation = str(maint.get("perturbation", "blur"))
+    pert_settings = dict(maint.get("settings", {}))
+    try:
+        get_perturbation(perturbation, **pert_settings)
+    except TypeError as exc:
+        raise DeepPatchError(f"{file}: [maintenance.settings]: {exc}") from None
+    except DeepPatchError as exc:
+        raise DeepPatchError(f"{file}: [maintenance]: {exc}") from None
+
+    datasets = []
+    for i, d in enumerate(raw.get("datasets", [])):
+        _check_keys(d, DATASET_KEYS, f"[[datasets]] #{i + 1}", file)
+        try:
+            get_dataset_source(str(d.get("name")))
+        except DeepPatchError as exc:
+            raise DeepPatchError(f"{file}: [[datasets]] #{i + 1}: {exc}") from None
+        datasets.append(DatasetEntry(**d))
+    models = []
+    for i, m in enumerate(raw.get("models", [])):
+        where = f"[[models]] #{i + 1}"
+        _check_keys(m, MODEL_KEYS, where, file)
+        mname = str(m.get("name"))
+        if not mname.startswith("robustbench:"):
+            try:
+                get_entry(mname)
+            except DeepPatchError as exc:
+                raise DeepPatchError(f"{file}: {where}: {exc}") from None
+        if m.get("weights", "auto") not in WEIGHTS:
+            raise DeepPatchError(f"{file}: {where}.weights is {m['weights']!r}; valid choices: {', '.join(WEIGHTS)}")
+        for key in ("epochs", "batch_size", "train_subset"):
+            _positive_int(m.get(key), key, where, file)
+        models.append(ModelEntry(**m))
+    if not datasets or not models:
+        raise DeepPatchError(f"{file}: a spec needs at least one [[datasets]] and one [[models]] entry")
+    correctors = [c for i, e in enumerate(raw.get("correctors", []))
+                  for c in _expand_corrector(e, file, i, plugin_dirs)]
+    if not correctors:
+        raise DeepPatchError(f"{file}: a spec needs at least one [[correctors]] entry")
+    labels = [c.label for c in correctors]
+    dupes = sorted({x for x in labels if labels.count(x) > 1})
+    if dupes:
+        raise DeepPatchError(f"{file}: corrector configuration {dupes[0]!r} appears twice; give one a label")
+
+    suites: dict[str, dict[str, Any]] = {}
+    suite_n: dict[str, int | None] = {}
+    raw_suites = raw.get("suites", {"clean": {}, "blur": {}})
+    if not isinstance(raw_suites, dict) or not raw_suites:
+        raise DeepPatchError(f"{file}: [suites] must name at least one suite")
+    for sname, settings in raw_suites.items():
+        settings = dict(settings or {})
+        n_eval = _positive_int(settings.pop("n_eval", None), "n_eval", f"[suites.{sname}]", file)
+        try:
+            get_suite(sname, **settings)
+        except DeepPatchError as exc:
+            raise DeepPatchError(f"{file}: [suites.{sname}]: {exc}") from None
+        suites[sname], suite_n[sname] = settings, n_eval
+
+    budget = _check_keys(raw.get("budget", {}), BUDGET_KEYS, "[budget]", file)
+    for key in BUDGET_KEYS:
+        _positive_int(budget.get(key), key, "[budget]", file)
+    evaluation = _check_keys(raw.get("evaluation", {}), EVALUATION_KEYS, "[evaluation]", file)
+    launcher = _check_keys(raw.get("launcher", {}), LAUNCHER_KEYS, "[launcher]", file)
+    return Spec(
+        name=str(name), path=file, description=str(raw.get("description", "")), seeds=list(seeds), device=device,
+        plugin_dirs=plugin_dirs, perturbation=perturbation, perturbation_settings=pert_settings,
+        datasets=datasets, models=models, correctors=correctors, suites=suites, suite_n_eval=suite_n,
+        budget=dict(budget), n_eval=_positive_int(evaluation.get("n_eval"), "n_eval", "[evaluation]", file),
+        eval_batch_size=_positive_int(evaluation.get("batch_size", 512), "batch_size", "[evaluation]", file) or 512,
+        launcher=dict(launcher), pretrain_seed=int(raw.get("pretrain_seed", 2021)),
+        results_dir=str(raw.get("results_dir", f"results/{name}")), report_dir=str(raw.get("report_dir",
+                                                                                          f"reports/{name}")),
+        raw=raw,
+    )

@@ -211,7 +211,8 @@ def _clean_change(clean: pd.Series, entries: pd.DataFrame) -> pd.Series:
         if info["reference"] or ref is None:
             continue
         out[(entry, seed)] = value - (ref.loc[seed] if seed in ref.index else ref.mean())
-    return pd.Series(out, dtype=float).rename_axis(["entry", "seed"])
+    index = pd.MultiIndex.from_tuples(list(out), names=["entry", "seed"])  # also when empty (no reference)
+    return pd.Series(list(out.values()), index=index, dtype=float)
 
 
 # ---------------------------------------------------------------------------------------------------------

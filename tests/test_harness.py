@@ -88,7 +88,8 @@ def test_grid_expansion_and_validation(tmp_path):
             load_spec(path)
 
     base = SPEC.format(correctors=CORRECTORS, extra_top="")
-    bad(base + "\n[evaluation]\nn_evl = 5\n", r"bad.toml: unknown key 'n_evl' in \[evaluation\]; valid keys: batch_size, n_eval")
+    bad(base + "\n[evaluation]\nn_evl = 5\n",
+        r"bad.toml: unknown key 'n_evl' in \[evaluation\]; valid keys: batch_size, n_eval")
     bad(base.replace('name = "finetune"', 'name = "finetune"\nparams = { lr = -1 }'),
         r"bad.toml: \[\[correctors\]\] #2: corrector 'finetune'")
     bad(base.replace('name = "finetune"', 'name = "fine-tune"'), "unknown corrector 'fine-tune'; valid choices:")

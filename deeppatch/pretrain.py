@@ -16,9 +16,10 @@ from deeppatch.data import DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION, Splits, get
 from deeppatch.device import resolve_device
 from deeppatch.errors import DeepPatchError
 from deeppatch.evaluation import accuracy, perturbation_report
-from deeppatch.models import create_model, get_entry
+from deeppatch.models import create_model
 from deeppatch.models.checkpoint import load_model, save_model
 from deeppatch.models.pretrained import has_pretrained, load_pretrained
+from deeppatch.models.registry import check_model_name
 from deeppatch.paths import pretrained_path, run_dir
 from deeppatch.perturbations import get_perturbation
 from deeppatch.seeding import make_generator, seed_everything
@@ -88,6 +89,12 @@ def obtain_model(cfg: PretrainConfig, splits: Splits, device: torch.device, stat
 
     Returns (model, where it came from, the training summary or None).
     """
+    if cfg.model.startswith("robustbench:"):
+        from deeppatch.models.robustbench_models import default_model_dir, load_robustbench_model, parse_model_spec
+
+        name, threat = parse_model_spec(cfg.model)
+        model = load_robustbench_model(name, cfg.dataset, default_model_dir(), threat, download=cfg.download)
+        return model, f"RobustBench model zoo ({threat})", None
     model = create_model(cfg.model, splits.info)
     use_release = cfg.weights == "pretrained" or (cfg.weights == "auto" and has_pretrained(cfg.dataset, cfg.model))
     if use_release:
@@ -105,7 +112,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     """Load or train the model, evaluate clean + blur, write checkpoint and metrics JSON."""
     if cfg.weights not in WEIGHTS_CHOICES:
         raise DeepPatchError(f"unknown --weights {cfg.weights!r}; valid choices: {', '.join(WEIGHTS_CHOICES)}")
-    get_entry(cfg.model)  # unknown names fail before anything is read or written
+    check_model_name(cfg.model)  # unknown names fail before anything is read or written
     get_dataset_source(cfg.dataset)
     device = resolve_device(cfg.device, cfg.gpu)
     out = ensure_writable_dir(run_dir(cfg.output_dir, cfg.dataset, cfg.model))
@@ -133,12 +140,27 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         "n_train": len(splits.train), "training": training, "config": asdict(cfg), "device": str(device),
         "wall_time_s": time.perf_counter() - t0, "versions": environment_versions(),
     }
-    save_model(ckpt, model, arch=cfg.model, info=splits.info, meta={"stage": "pretrain", "source": source,
-                                                                   "test": report, "seed": cfg.seed})
+    save_model(ckpt, model, arch=cfg.model, info=splits.info, kind=checkpoint_kind(cfg.model),
+               extra=checkpoint_extra(cfg.model, cfg.dataset),
+               meta={"stage": "pretrain", "source": source, "test": report, "seed": cfg.seed})
     state_path.unlink(missing_ok=True)  # finished: the checkpoint above supersedes the training state
     atomic_write_json(metrics, out / "pretrain_metrics.json")
     metrics["checkpoint"] = str(ckpt)
     return metrics
+
+
+def checkpoint_kind(model: str) -> str:
+    return "robustbench" if model.startswith("robustbench:") else "plain"
+
+
+def checkpoint_extra(model: str, dataset: str) -> dict[str, Any]:
+    """What a checkpoint of a model under maintenance needs to rebuild it."""
+    if not model.startswith("robustbench:"):
+        return {}
+    from deeppatch.models.robustbench_models import parse_model_spec, robustbench_extra
+
+    name, threat = parse_model_spec(model)
+    return robustbench_extra(name, dataset, threat)
 
 
 def _default_epochs(dataset: str) -> int:

@@ -72,24 +72,20 @@ def maintenance_model(cell: Cell, splits: Splits, results_dir: Path, device: tor
         if m.checkpoint:
             model = load_model(m.checkpoint, expect_dataset=cell.dataset.name, device=device).model
             source = f"checkpoint {m.checkpoint}"
-        elif m.name.startswith("robustbench:"):
-            from deeppatch.models.robustbench_models import load_robustbench_model
-
-            model = load_robustbench_model(m.name.split(":", 1)[1], cell.dataset.name,
-                                           Path(results_dir) / "cache" / "robustbench")
-            source = "robustbench"
         else:
             from deeppatch.pretrain import PretrainConfig, _default_epochs, obtain_model
 
             cfg = PretrainConfig(model=m.name, dataset=cell.dataset.name, lr=m.lr, batch_size=m.batch_size,
                                  epochs=m.epochs, resume=True, seed=cell.spec.pretrain_seed, weights=m.weights,
-                                 train_if_missing=m.train_if_missing, train_subset=m.train_subset)
+                                 train_if_missing=m.train_if_missing, train_subset=m.train_subset,
+                                 download=cell.dataset.download)
             seed_everything(cell.spec.pretrain_seed)
             epochs = m.epochs if m.epochs is not None else _default_epochs(cell.dataset.name)
             model, source, _ = obtain_model(cfg, splits, device, path.with_suffix(".state.pt"), epochs)
-        kind = "robustbench" if m.name.startswith("robustbench:") else "plain"
-        extra = getattr(model, "deeppatch_extra", {}) if kind == "robustbench" else {}
-        save_model(path, model, arch=m.name, info=splits.info, kind=kind, extra=extra,
+        from deeppatch.pretrain import checkpoint_extra, checkpoint_kind
+
+        save_model(path, model, arch=m.name, info=splits.info, kind=checkpoint_kind(m.name),
+                   extra=checkpoint_extra(m.name, cell.dataset.name),
                    meta={"source": source, "config": cell.model.config()})
         path.with_suffix(".state.pt").unlink(missing_ok=True)
         return model.to(device).eval(), source

@@ -48,6 +48,12 @@ def model_names() -> list[str]:
     return sorted(MODELS)
 
 
+def check_model_name(name: str) -> None:
+    """Fail early on an unknown zoo name; RobustBench names are checked when loaded."""
+    if not name.startswith("robustbench:"):
+        get_entry(name)
+
+
 def get_entry(name: str) -> ModelEntry:
     if name not in MODELS:
         hint = " (RobustBench models are named robustbench:<name>)" if ":" not in name else ""
@@ -58,7 +64,15 @@ def get_entry(name: str) -> ModelEntry:
 
 
 def create_model(name: str, info: DatasetInfo) -> nn.Module:
-    """A freshly initialised `name` for data set `info` (classes, channels, normalisation)."""
+    """A freshly initialised `name` for data set `info` (classes, channels, normalisation).
+
+    ``robustbench:[<threat>/]<name>`` builds that RobustBench zoo entry's architecture (no weights).
+    """
+    if name.startswith("robustbench:"):
+        from deeppatch.models.robustbench_models import create_robustbench_model, parse_model_spec
+
+        rb_name, threat = parse_model_spec(name)
+        return create_robustbench_model(rb_name, info.name, threat)
     entry = get_entry(name)
     return entry.build(
         name, num_classes=info.num_classes, in_channels=info.in_channels, mean=info.mean, std=info.std

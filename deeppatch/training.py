@@ -232,7 +232,7 @@ class TrainLoop:
             opt.step()
             if self.optim.schedule == "cosine-steps":
                 sched.step()
-            total_loss += loss.item() * len(y)
+            total_loss += loss.detach().item() * len(y)
             seen += len(y)
             bar.update(1)
             bar.set_postfix(loss=f"{total_loss / max(seen, 1):.4f}", refresh=False)

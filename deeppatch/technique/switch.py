@@ -242,7 +242,7 @@ def train_learned_gate(patched: PatchedNetwork, clean: TensorSplit, perturbed: T
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += loss.item() * len(idx)
+            total += loss.detach().item() * len(idx)
         sched.step()
         cfg.history.append({"epoch": epoch + 1, "loss": total / max(len(order), 1)})
     gate.eval()

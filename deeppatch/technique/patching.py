@@ -50,12 +50,14 @@ MODES = ("original", "patched", "switch")
 @dataclass
 class Route:
     """The routing of one forward pass. In "switch" mode `mask` (True = patched) is set by the
-    indicator; `pending` carries the indicator conv's patched output to its BN."""
+    indicator; `pending` carries the indicator conv (and its input and output) to its BN, which
+    computes the patched path there only if the gate needs it or for the inputs routed to it."""
 
     mode: str
     mask: torch.Tensor | None = None
-    pending: torch.Tensor | None = None
-    gate: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    pending: tuple[PatchedConv, torch.Tensor, torch.Tensor] | None = None
+    gate: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None
+    gate_needs_patched: bool = True  # the reference gate compares both paths; the learned one does not
     stop_after_decision: bool = False  # raise StopForward once the mask is known
 
 
@@ -88,15 +90,18 @@ class Router:
         return new
 
 
-def _mix(orig: torch.Tensor, mask: torch.Tensor, patched_fn: Callable[[torch.Tensor], torch.Tensor],
-         inputs: torch.Tensor) -> torch.Tensor:
-    """Original values for unmasked samples (untouched, bit for bit), patched for masked ones."""
+def _mix(orig: torch.Tensor, mask: torch.Tensor, patched_fn: Callable, inputs: torch.Tensor | tuple) -> torch.Tensor:
+    """Original values for unmasked samples (untouched, bit for bit), patched for masked ones.
+
+    `inputs` (a tensor or a tuple of tensors) is sliced to the masked samples before `patched_fn`.
+    """
     if not bool(mask.any()):
         return orig
     if bool(mask.all()):
         return patched_fn(inputs)
     idx = mask.nonzero(as_tuple=True)[0]
-    return orig.index_put((idx,), patched_fn(inputs[idx]))
+    subset = tuple(t[idx] for t in inputs) if isinstance(inputs, tuple) else inputs[idx]
+    return orig.index_put((idx,), patched_fn(subset))
 
 
 # --------------------------------------------------------------------------------------------
@@ -157,7 +162,7 @@ class PatchedConv(nn.Module):
         if route.mode == "patched":
             return self.patch(x, y)
         if self.is_indicator:
-            route.pending = self.patch(x, y)
+            route.pending = (self, x, y)
             return y
         if route.mask is None:
             raise RuntimeError("patched conv ran before the indicator decided the route")
@@ -206,19 +211,21 @@ class DualBN(nn.Module):
         if route.mode == "patched":
             return self.patched(x)
         if self.is_indicator:
-            if route.pending is None or route.gate is None:
-                raise RuntimeError("indicator BN ran without its conv's patched output or a gate")
-            a_orig = self.original(x)
-            a_patch = self.patched(route.pending)
+            if route.pending is None or route.gate is None or route.pending[2] is not x:
+                raise RuntimeError("indicator BN ran without its conv's output or a gate")
+            conv, conv_in, _ = route.pending
             route.pending = None
+            a_orig = self.original(x)
+            a_patch = self.patched(conv.patch(conv_in, x)) if route.gate_needs_patched else None
             route.mask = route.gate(a_orig, a_patch)
             if route.stop_after_decision:
                 raise StopForward
             if not bool(route.mask.any()):
                 return a_orig
-            if bool(route.mask.all()):
-                return a_patch
-            return torch.where(route.mask.view(-1, 1, 1, 1), a_patch, a_orig)
+            if a_patch is not None:
+                return a_patch if bool(route.mask.all()) else torch.where(route.mask.view(-1, 1, 1, 1), a_patch,
+                                                                          a_orig)
+            return _mix(a_orig, route.mask, lambda xs: self.patched(conv.patch(xs[0], xs[1])), (conv_in, x))
         if route.mask is None:
             raise RuntimeError("BatchNorm ran before the indicator decided the route")
         return _mix(self.original(x), route.mask, self.patched, x)
@@ -331,21 +338,24 @@ class PatchedNetwork(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
-    def run(self, x: torch.Tensor, mode: str, gate=None) -> torch.Tensor:
+    def run(self, x: torch.Tensor, mode: str, gate=None, gate_needs_patched: bool = True) -> torch.Tensor:
         if mode not in MODES:
             raise DeepPatchError(f"unknown route mode {mode!r}; valid choices: {', '.join(MODES)}")
-        with self.router.use(Route(mode, gate=gate)):
+        with self.router.use(Route(mode, gate=gate, gate_needs_patched=gate_needs_patched)):
             return self.net(x)
 
-    def indicator_inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(a_orig, a_patch) at the indicator BN, running only the layers up to it."""
+    def indicator_inputs(self, x: torch.Tensor, with_patched: bool = True
+                         ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(a_orig, a_patch) at the indicator BN, running only the layers up to it (a_patch None
+        when not asked for)."""
         captured: list[tuple[torch.Tensor, torch.Tensor]] = []
 
         def capture(a_orig: torch.Tensor, a_patch: torch.Tensor) -> torch.Tensor:
             captured.append((a_orig, a_patch))
             return torch.zeros(a_orig.shape[0], dtype=torch.bool, device=a_orig.device)
 
-        with self.router.use(Route("switch", gate=capture, stop_after_decision=True)):
+        with self.router.use(Route("switch", gate=capture, stop_after_decision=True,
+                                   gate_needs_patched=with_patched)):
             try:
                 self.net(x)
             except StopForward:

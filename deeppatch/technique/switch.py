@@ -47,6 +47,8 @@ def check_choice(value: str, choices: tuple[str, ...], what: str) -> str:
 class ReferenceGate(nn.Module):
     """The reference's XOR-sign disagreement over the patched channels of ℓ₁, with a calibrated τ."""
 
+    needs_patched = True  # compares the original and the patched path at b₁
+
     def __init__(self, indices: list[int]) -> None:
         super().__init__()
         self.register_buffer("indices", torch.tensor(indices, dtype=torch.long))
@@ -82,7 +84,10 @@ class LearnedGate(nn.Module):
     """A small CNN on b₁'s original-path activations -> logit of "perturbed".
 
     Early activations, not raw pixels: the same gate can be trained for any perturbation family.
+    It reads only the original path, so clean inputs never compute the patch.
     """
+
+    needs_patched = False
 
     def __init__(self, in_channels: int, width: int = 16, stride: int = 1) -> None:
         super().__init__()
@@ -156,12 +161,12 @@ class SwitchedModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode != "switch":
             return self.patched.run(x, self.mode)
-        return self.patched.run(x, "switch", gate=self._decide)
+        return self.patched.run(x, "switch", gate=self._decide, gate_needs_patched=self.active_gate().needs_patched)
 
     @torch.inference_mode()
     def decisions(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(routed to the patch?, perturbedness score) per input, computing only up to b₁."""
-        a_orig, a_patch = self.patched.indicator_inputs(x)
+        a_orig, a_patch = self.patched.indicator_inputs(x, with_patched=self.active_gate().needs_patched)
         return self._decide(a_orig, a_patch), self.active_gate().score(a_orig, a_patch)
 
 
@@ -236,7 +241,7 @@ def train_learned_gate(patched: PatchedNetwork, clean: TensorSplit, perturbed: T
         for start in range(0, len(order), cfg.batch_size):
             idx = order[start : start + cfg.batch_size]
             with torch.no_grad():
-                a_orig, _ = patched.indicator_inputs(x_all[idx])
+                a_orig, _ = patched.indicator_inputs(x_all[idx], with_patched=False)
             logit = gate.logit(a_orig)
             loss = F.binary_cross_entropy_with_logits(logit, label[idx], pos_weight=pos_weight)
             opt.zero_grad(set_to_none=True)
@@ -248,7 +253,7 @@ def train_learned_gate(patched: PatchedNetwork, clean: TensorSplit, perturbed: T
     gate.eval()
     hold_idx = hold.nonzero(as_tuple=True)[0]
     with torch.inference_mode():
-        logits = torch.cat([gate.logit(patched.indicator_inputs(x_all[hold_idx[s : s + 512]])[0])
+        logits = torch.cat([gate.logit(patched.indicator_inputs(x_all[hold_idx[s : s + 512]], with_patched=False)[0])
                             for s in range(0, len(hold_idx), 512)]).cpu()
     y_hold = label[hold_idx].cpu().bool()
     threshold, balanced = best_threshold(logits[~y_hold], logits[y_hold])

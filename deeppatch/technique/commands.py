@@ -150,6 +150,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if "routing_test" in entry:
             print("routing on test (per-sample): " + ", ".join(
                 f"{r['condition']} {r['value']:.3f}" for r in entry["routing_test"]))
+            if args.routing_family:
+                from deeppatch.perturbations import get_perturbation
+                from deeppatch.technique.diagnostics import routing_on_family
+
+                unseen = routing_on_family(model, test, get_perturbation(args.routing_family), ctx.device,
+                                           ctx.seed)
+                entry["routing_unseen"] = [r.to_dict() for r in unseen]
+                print(f"routing of {args.routing_family} (never seen by the gates): " + ", ".join(
+                    f"{r.condition} {r.value:.1f}" for r in unseen))
         if args.suite:
             entry["suites"] = _run_suites(args, model, ctx, test)
         report["results"][path.stem] = entry
@@ -222,6 +231,8 @@ def register(sub: argparse._SubParsersAction, add_common) -> None:
     p.add_argument("--routing", choices=("all", "per-sample", "batch-majority"), default="all")
     p.add_argument("--gate", choices=("all", "reference", "learned"), default="all")
     p.add_argument("--suite", default="", help="extra suites, comma-separated: blur,corruptions,attacks,spatial")
+    p.add_argument("--routing_family", "--routing-family", default=None,
+                   help="also report how the switch routes another perturbation family (e.g. corruptions)")
     p.add_argument("--n-eval", "--n_eval", dest="n_eval", type=int, default=None,
                    help="evaluate on a stratified seeded subset of this many test images")
     p.add_argument("--checkpoint", default=None, help="repaired model to evaluate (default: from the flags)")

@@ -42,3 +42,28 @@ def diagnostic_rows(model: nn.Module, test: TensorSplit, family: Perturbation, d
     if isinstance(model, SwitchedModel):
         return switch_rows(model, test, family, device, batch_size)
     return []
+
+
+def routing_on_family(model: SwitchedModel, test: TensorSplit, family: Perturbation, device: torch.device,
+                      seed: int, batch_size: int = 500) -> list[SuiteRow]:
+    """How each gate routes a perturbation family it was not calibrated on (e.g. common corruptions
+    for a gate trained on blur): the percentage of inputs sent to the patch, per condition."""
+    from deeppatch.seeding import make_generator
+
+    rows: list[SuiteRow] = []
+    saved = model.gate
+    gates = [g for g in GATES if g != "learned" or model.learned_gate is not None]
+    for i, cond in enumerate(family.conditions):
+        gen = make_generator(seed, "routing-family", family.name, cond)
+        routed = {g: 0 for g in gates}
+        for x, _ in test.batches(batch_size, device=device):
+            xp = family.apply(x, i, gen)
+            for g in gates:
+                model.configure(gate=g)
+                routed[g] += int(model.decisions(xp)[0].sum())
+        for g in gates:
+            rows.append(SuiteRow("diagnostics", f"{g}/{family.name}:{cond} routed patched",
+                                 100.0 * routed[g] / len(test), len(test), group="routing-unseen",
+                                 metric="routing_accuracy", settings={"gate": g, "family": family.name}))
+    model.configure(gate=saved)
+    return rows

@@ -77,10 +77,14 @@ def cmd_list(args: argparse.Namespace) -> int:
         for name, cls in sorted(corrector_registry().items()):
             print(f"{name:13s} {cls.summary()}")
     elif what == "suites":
+        import importlib
+
         from deeppatch.suites import SUITES
 
         for name, path in sorted(SUITES.items()):
-            print(f"{name:12s} {path}")
+            module, _, cls = path.partition(":")
+            doc = (importlib.import_module(module).__doc__ or "").strip().splitlines()
+            print(f"{name:12s} {doc[0] if doc else path}")
     elif what == "perturbations":
         from deeppatch.perturbations import perturbation_names
 

@@ -1,0 +1,155 @@
+"""Blame (perfloss) on resnet20: the suffix engine vs the naive loop, and vs the floor.
+
+* reference: the naive engine, one full forward pass per filter (the reference implementation's
+  loop);
+* ours: the suffix engine (prefix once per batch, only the downstream layers per filter, many
+  filters stacked per pass);
+* floor: the least work any exact per-filter method must do: for every filter, the layers after its
+  conv on every blame image. Measured, not estimated: the traced graph is run node by node on
+  clean batches of 32, 64 and 128 images, each node's best time per image is kept, and
+  floor = sum over convs l of C_l x N x (sum of the per-image times of the nodes downstream of l).
+  The prefix (run once per batch by our engine) and the stacking copies are not in the floor.
+* also timed: perfloss-fo (one backward pass per batch, all filters at once), for scale.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.fx
+import torch.nn.functional as F
+
+from deeppatch.data import DatasetInfo, TensorSplit
+from deeppatch.models import create_model
+from deeppatch.perturbations import get_perturbation
+from deeppatch.seeding import derive_seed, make_generator
+from deeppatch.technique.blame import blame, conv_layers
+from deeppatch.technique.blame_approx import perfloss_fo
+from deeppatch.technique.tracing import SuffixPlan, trace
+
+HERE = str(Path(__file__).resolve())
+ARCH = "resnet20"
+SHAPE = (1, 28, 28)
+VAL_IMAGES = 64  # x 2 blur sigmas = 128 blame images at scale 1
+SIGMAS = (1.0, 2.0)
+MEMORY_LAYERS = ["conv1", "layer3.2.conv2"]  # the largest stacked activation and a late, narrow suffix
+
+
+def smooth_images(n: int, shape: tuple[int, int, int], purpose: str) -> torch.Tensor:
+    """Image-like uint8 pixels: upsampled low-resolution noise plus a little fine noise."""
+    g = make_generator(0, "perf", purpose)
+    c, h, w = shape
+    low = torch.rand(n, c, max(2, h // 4), max(2, w // 4), generator=g)
+    x = F.interpolate(low, size=(h, w), mode="bilinear", align_corners=False)
+    x = (0.85 * x + 0.15 * torch.rand(n, c, h, w, generator=g)).clamp(0, 1)
+    return (x * 255).round().to(torch.uint8)
+
+
+def make_model(arch: str, shape: tuple[int, int, int], classes: int = 10) -> torch.nn.Module:
+    """A zoo model with seeded init and BatchNorm statistics from a pass over image-like data."""
+    info = DatasetInfo("perf", classes, shape, (0.5,) * shape[0], (0.25,) * shape[0])
+    with torch.random.fork_rng():
+        torch.manual_seed(derive_seed(0, "perf", arch))
+        model = create_model(arch, info)
+    model.train()
+    with torch.no_grad():
+        model(smooth_images(256, shape, "bn").float() / 255)
+    return model.eval()
+
+
+def blame_inputs(scale: float) -> tuple[torch.nn.Module, TensorSplit]:
+    n = max(8, int(round(VAL_IMAGES * scale)))
+    x = smooth_images(n, SHAPE, "blame-val")
+    y = torch.randint(0, 10, (n,), generator=make_generator(0, "perf", "blame-labels"))
+    return make_model(ARCH, SHAPE), TensorSplit(x, y)
+
+
+def blame_run(engine: str, scale: float, layers: list[str] | None = None, device: str = "cpu"
+              ) -> Callable[[], object]:
+    """A zero-argument callable running one blame (the memory probe's factory too)."""
+    model, val = blame_inputs(scale)
+    family = get_perturbation("blur", sigmas=list(SIGMAS))
+    dev = torch.device(device)
+    if engine == "perfloss-fo":
+        return lambda: perfloss_fo(model, val, family, seed=0, device=dev, layers=layers)
+    return lambda: blame(model, "perfloss", val, family, seed=0, device=dev, engine=engine, layers=layers)
+
+
+class _NodeTimer(torch.fx.Interpreter):
+    """Runs a traced graph node by node and keeps each node's best time."""
+
+    def __init__(self, gm: torch.fx.GraphModule, best: dict[str, float], per: int, sync: Callable[[], None]) -> None:
+        super().__init__(gm)
+        self.best, self.per, self.sync = best, per, sync
+
+    def run_node(self, n: torch.fx.Node):
+        self.sync()
+        t0 = time.perf_counter()
+        out = super().run_node(n)
+        self.sync()
+        dt = (time.perf_counter() - t0) / self.per
+        self.best[n.name] = min(self.best.get(n.name, math.inf), dt)
+        return out
+
+
+def suffix_floor_seconds(model: torch.nn.Module, images: torch.Tensor, n_images: int, layers: list[str],
+                         sync: Callable[[], None], repeats: int = 3) -> tuple[float, dict[str, float]]:
+    """sum_l C_l x n_images x (best per-image time of the nodes downstream of conv l)."""
+    gm = trace(model).eval()
+    best: dict[str, float] = {}
+    with torch.inference_mode():
+        for per in (32, 64, 128):
+            x = images[:per]
+            if len(x) < per:
+                x = x.repeat(-(-per // len(x)), 1, 1, 1)[:per]
+            for _ in range(repeats):
+                _NodeTimer(gm, best, per, sync).run(x)
+    channels = dict((n, m.out_channels) for n, m in conv_layers(model))
+    per_layer = {}
+    for name in layers:
+        plan = SuffixPlan.build(gm, name)
+        per_layer[name] = channels[name] * n_images * sum(best.get(n.name, 0.0) for n in plan.suffix)
+    return sum(per_layer.values()), per_layer
+
+
+def test_blame_suffix_vs_naive(benchmark, perf):
+    model, val = blame_inputs(perf.scale)
+    family = get_perturbation("blur", sigmas=list(SIGMAS))
+    layers = [n for n, _ in conv_layers(model)]
+    results: dict[str, object] = {}
+
+    def ours():
+        results["ours"] = blame(model, "perfloss", val, family, seed=0, device=perf.device, engine="suffix")
+
+    def reference():
+        results["reference"] = blame(model, "perfloss", val, family, seed=0, device=perf.device, engine="naive")
+
+    n_images = len(val) * len(SIGMAS)
+    filters = sum(m.out_channels for _, m in conv_layers(model))
+    row = perf.compare(benchmark, "blame perfloss resnet20: suffix vs naive", ours, reference, rounds=1,
+                       work=filters, unit="filter", images=n_images, filters=filters, target=">= 2x, <= 1.3x floor")
+    assert results["ours"].scores == results["reference"].scores  # exact: same numbers, not a timing check
+
+    x = (val.x.float() / 255).to(perf.device)
+    floor, per_layer = suffix_floor_seconds(model.to(perf.device), x, n_images, layers, perf.sync)
+    t0 = time.perf_counter()
+    fo = perfloss_fo(model, val, family, seed=0, device=perf.device)
+    perf.sync()
+    fo_s = time.perf_counter() - t0
+    extra = {"floor_s": floor, "ours_over_floor": row["ours_s"] / floor, "reference_over_floor":
+             row["reference_s"] / floor, "perfloss_fo_s": fo_s, "fo_filters": fo.details["filters"],
+             "floor_method": "per-node best per-image time (batches 32/64/128) x C_l x N over downstream nodes"}
+    if perf.memory:
+        kwargs = {"scale": perf.scale, "layers": MEMORY_LAYERS, "device": str(perf.device)}
+        extra["ours_memory"] = perf.peak_memory(HERE, "blame_run", engine="suffix", **kwargs)
+        extra["reference_memory"] = perf.peak_memory(HERE, "blame_run", engine="naive", **kwargs)
+        extra["fo_memory"] = perf.peak_memory(HERE, "blame_run", engine="perfloss-fo", **kwargs)
+        extra["memory_layers"] = MEMORY_LAYERS
+    row.update(extra)
+    benchmark.extra_info.update({k: v for k, v in extra.items()})
+    row["note"] = (f"floor {floor:.2f} s; ours/floor {row['ours_over_floor']:.2f}; perfloss-fo {fo_s:.2f} s "
+                   f"for all {fo.details['filters']} filters")

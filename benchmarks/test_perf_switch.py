@@ -1,0 +1,106 @@
+"""The switched model's inference throughput vs the original model, on clean inputs.
+
+The model under maintenance (resnet20, 1x28x28) gets DeepPatch patches on a quarter of every conv's
+filters (random side: which filters does not change the cost) and both gates. Each gate's threshold
+is set so that 10 % of the clean benchmark images are routed to the patch (a gate that errs on
+1 in 10 clean inputs; a perfect one routes none and is cheaper). Both go through
+`evaluation.predict` (inference mode, 512-image batches, bf16 autocast on CUDA): the original
+model is the reference, the switched model in each gate x routing mode is ours; `speedup` is the
+switched model's throughput relative to the original's (target >= 0.8).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from deeppatch.data import DatasetInfo, TensorSplit, to_float
+from deeppatch.evaluation import predict
+from deeppatch.models import create_model
+from deeppatch.seeding import derive_seed, make_generator
+from deeppatch.technique.patching import PatchedNetwork, plan_patches
+from deeppatch.technique.switch import LearnedGate, ReferenceGate, SwitchedModel
+
+HERE = str(Path(__file__).resolve())
+ARCH = "resnet20"
+SHAPE = (1, 28, 28)
+IMAGES = 2048
+BATCH = 512
+ROUTED = 0.10  # fraction of clean images the gates send to the patch
+
+
+def smooth_images(n: int, purpose: str) -> torch.Tensor:
+    g = make_generator(0, "perf", purpose)
+    c, h, w = SHAPE
+    low = torch.rand(n, c, h // 4, w // 4, generator=g)
+    x = F.interpolate(low, size=(h, w), mode="bilinear", align_corners=False)
+    return ((0.85 * x + 0.15 * torch.rand(n, c, h, w, generator=g)).clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def switched_inputs(n_images: int, gate: str, routing: str, device: str = "cpu"
+                    ) -> tuple[torch.nn.Module, SwitchedModel, TensorSplit]:
+    info = DatasetInfo("perf", 10, SHAPE, (0.5,), (0.25,))
+    with torch.random.fork_rng():
+        torch.manual_seed(derive_seed(0, "perf", ARCH))
+        base = create_model(ARCH, info)
+    base.train()
+    with torch.no_grad():
+        base(to_float(smooth_images(256, "bn")))
+    base.eval()
+    plan = plan_patches(base, None, ratio=0.25, side="random", seed=0)
+    network = PatchedNetwork(base, plan.specs, seed=0).eval()
+    data = TensorSplit(smooth_images(n_images, "switch-clean"), torch.zeros(n_images, dtype=torch.long))
+    probe = to_float(data.x[:BATCH])
+    conv_name, _ = network.locate_indicator(probe[:2])
+    reference = ReferenceGate(network.net.get_submodule(conv_name).indices.tolist())
+    with torch.inference_mode():
+        a_orig, a_patch = network.indicator_inputs(probe)
+        reference.direction.fill_(1.0)  # perturbed if d > tau
+        reference.tau.fill_(torch.quantile(reference.disagreement(a_orig, a_patch), 1 - ROUTED).item())
+        with torch.random.fork_rng():
+            torch.manual_seed(derive_seed(0, "perf", "gate"))
+            learned = LearnedGate(a_orig.shape[1]).eval()
+        learned.threshold.fill_(torch.quantile(learned.logit(a_orig), 1 - ROUTED).item())
+    model = SwitchedModel(network, reference, learned, gate=gate, routing=routing).eval()
+    dev = torch.device(device)
+    return base.to(dev), model.to(dev), data.to(dev)
+
+
+def switch_run(n_images: int, gate: str, routing: str, which: str, device: str = "cpu") -> Callable[[], object]:
+    """Memory-probe factory: predict with the original (`which="original"`) or the switched model."""
+    base, model, data = switched_inputs(n_images, gate, routing, device)
+    chosen = base if which == "original" else model
+    return lambda: predict(chosen, data, batch_size=BATCH, device=device)
+
+
+@pytest.mark.parametrize("routing", ["per-sample", "batch-majority"])
+@pytest.mark.parametrize("gate", ["learned", "reference"])
+def test_switch_vs_original_throughput(benchmark, perf, gate, routing):
+    n = perf.size(IMAGES, BATCH)
+    device = str(perf.device)
+    base, model, data = switched_inputs(n, gate, routing, device)
+    outputs: dict[str, torch.Tensor] = {}
+    predict(model, data.head(BATCH), batch_size=BATCH, device=device)  # warm-up both
+    predict(base, data.head(BATCH), batch_size=BATCH, device=device)
+    row = perf.compare(benchmark, f"switch {gate} gate, {routing}: throughput vs original",
+                       lambda: outputs.__setitem__("ours", predict(model, data, batch_size=BATCH, device=device)),
+                       lambda: outputs.__setitem__("ref", predict(base, data, batch_size=BATCH, device=device)),
+                       rounds=3, work=n, unit="image", target="speedup (relative throughput) >= 0.8")
+    routed = torch.cat([model.decisions(x)[0].cpu() for x, _ in data.batches(BATCH, device=device)])
+    row["routed_to_patch"] = routed.float().mean().item()
+    # inputs the gate leaves on the original path get the original model's prediction, bit for bit
+    same = (outputs["ours"] == outputs["ref"])[~routed].all().item() if routing == "per-sample" else None
+    row["original_route_identical"] = same
+    extra = {"routed_to_patch": row["routed_to_patch"], "original_route_identical": same}
+    if perf.memory:
+        probe = {"n_images": BATCH, "gate": gate, "routing": routing, "device": device}
+        extra["ours_memory"] = perf.peak_memory(HERE, "switch_run", which="switched", **probe)
+        extra["reference_memory"] = perf.peak_memory(HERE, "switch_run", which="original", **probe)
+    row.update(extra)
+    benchmark.extra_info.update(extra)
+    if same is not None:
+        assert same

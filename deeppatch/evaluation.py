@@ -1,4 +1,8 @@
-"""Accuracy of a model on clean and perturbed splits, batched, under inference mode."""
+"""Accuracy of a model on clean and perturbed splits, batched, under inference mode.
+
+On CUDA, batches go in as channels_last under bf16 autocast, like training (NHWC is what the
+tensor-core convolutions want); on the CPU they stay fp32 and contiguous.
+"""
 
 from __future__ import annotations
 
@@ -29,6 +33,8 @@ def predict(
     for x, _ in split.batches(batch_size, device=device):
         if transform is not None:
             x = transform(x)
+        if device.type == "cuda" and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         with autocast_context(device, amp):
             preds.append(model(x).argmax(1).cpu())
         bar.update(1)

@@ -30,7 +30,7 @@ def switch_rows(model: SwitchedModel, test: TensorSplit, family: Perturbation, d
         model.configure(**config)
         report = perturbation_report(model, test, family, batch_size=batch_size, device=device, desc=label)
         for key in ("clean", f"{family.name}_mean", "union"):
-            rows.append(SuiteRow("diagnostics", f"{label}/{key}", report[key], len(test), group="variant",
+            rows.append(SuiteRow("diagnostics", f"test/{label}/{key}", report[key], len(test), group="variant",
                                  settings={**config, "batch_size": batch_size, "homogeneous_batches": True}))
     model.configure(gate=saved[0], routing=saved[1], mode=saved[2])
     return rows
@@ -62,7 +62,7 @@ def routing_on_family(model: SwitchedModel, test: TensorSplit, family: Perturbat
                 model.configure(gate=g)
                 routed[g] += int(model.decisions(xp)[0].sum())
         for g in gates:
-            rows.append(SuiteRow("diagnostics", f"{g}/{family.name}:{cond} routed patched",
+            rows.append(SuiteRow("diagnostics", f"test/{g}/{family.name}:{cond} routed patched",
                                  100.0 * routed[g] / len(test), len(test), group="routing-unseen",
                                  metric="routing_accuracy", settings={"gate": g, "family": family.name}))
     model.configure(gate=saved)

@@ -143,15 +143,16 @@ def validation_diagnostics(model: SwitchedModel, clean: TensorSplit, perturbed: 
             routed.append(torch.cat(r))
             scores.append(torch.cat(s))
         settings = {"gate": gate, "split": split_name}
-        rows.append(SuiteRow("diagnostics", f"{split_name}/{gate}/clean routed original", 100.0 * (~routed[0]).float().mean().item(),
-                             n, group="routing", metric="routing_accuracy", settings=settings))
+        rows.append(SuiteRow("diagnostics", f"{split_name}/{gate}/clean routed original",
+                             100.0 * (~routed[0]).float().mean().item(), n, group="routing",
+                             metric="routing_accuracy", settings=settings))
         for i, cond in enumerate(conditions):
             sl = slice(i * n, (i + 1) * n)
             rows.append(SuiteRow("diagnostics", f"{split_name}/{gate}/{cond} routed patched",
                                  100.0 * routed[1][sl].float().mean().item(), n, group="routing",
                                  metric="routing_accuracy", settings=settings))
-            rows.append(SuiteRow("diagnostics", f"{split_name}/{gate}/{cond} auroc", auroc(scores[0], scores[1][sl]), 2 * n,
-                                 group="auroc", metric="auroc", settings=settings))
+            rows.append(SuiteRow("diagnostics", f"{split_name}/{gate}/{cond} auroc", auroc(scores[0], scores[1][sl]),
+                                 2 * n, group="auroc", metric="auroc", settings=settings))
     model.configure(gate=saved[0], routing=saved[1])
     return rows
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import operator
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -94,6 +94,9 @@ class SuffixPlan:
     frontier: list[torch.fx.Node]  # values computed in the prefix and read by the suffix
     batched: set[torch.fx.Node]  # frontier values with a batch dimension (to be repeated)
     stackable: bool  # False when a non-tensor value (a shape) crosses the frontier
+    # value -> dropped after this node ran (its last reader), so a pass holds only live activations
+    prefix_release: dict[torch.fx.Node, list[torch.fx.Node]] = field(default_factory=dict)
+    suffix_release: dict[torch.fx.Node, list[torch.fx.Node]] = field(default_factory=dict)
 
     @classmethod
     def build(cls, gm: torch.fx.GraphModule, target: str) -> SuffixPlan:
@@ -111,7 +114,10 @@ class SuffixPlan:
         placeholder = next(n for n in nodes if n.op == "placeholder")
         input_dependent = _descendants(placeholder) | {placeholder}
         batched = {n for n in frontier if n in input_dependent}
-        return cls(gm, target, target_node, prefix, suffix, frontier, batched, stackable=True)
+        keep = set(frontier) | {target_node}
+        return cls(gm, target, target_node, prefix, suffix, frontier, batched, stackable=True,
+                   prefix_release=_last_reads(prefix, [n for n in prefix if n not in keep]),
+                   suffix_release=_last_reads(suffix, [*frontier, target_node, *suffix]))
 
     # -- execution -----------------------------------------------------------------------------
 
@@ -141,6 +147,8 @@ class SuffixPlan:
         env: dict[torch.fx.Node, Any] = {}
         for node in self.prefix:
             env[node] = self._run(node, env, x)
+            for dead in self.prefix_release.get(node, ()):
+                del env[dead]
         frontier = {n: env[n] for n in self.frontier}
         if any(not isinstance(v, torch.Tensor) for n, v in frontier.items() if n in self.batched):
             self.stackable = False
@@ -157,7 +165,20 @@ class SuffixPlan:
         out = None
         for node in self.suffix:
             out = env[node] = self._run(node, env)
+            for dead in self.suffix_release.get(node, ()):
+                del env[dead]
         return out
+
+
+def _last_reads(order: list[torch.fx.Node], values: list[torch.fx.Node]) -> dict[torch.fx.Node, list[torch.fx.Node]]:
+    """node -> the `values` whose last reader in `order` it is (values nobody in `order` reads stay)."""
+    position = {n: i for i, n in enumerate(order)}
+    release: dict[torch.fx.Node, list[torch.fx.Node]] = {}
+    for value in values:
+        readers = [position[u] for u in value.users if u in position]
+        if readers:
+            release.setdefault(order[max(readers)], []).append(value)
+    return release
 
 
 VariantFn = Callable[[torch.Tensor, list[int]], torch.Tensor]

@@ -98,3 +98,18 @@ def test_frozen_models_deterministic_and_validation(digits, family):
     assert any(abs(v) > 0 for v in a.scores["features.0"])
     with pytest.raises(DeepPatchError, match="not conv layers"):
         perfloss_fo(model, digits.val, family, seed=0, device=CPU, layers=["fc"])
+
+
+def test_blame_dispatches_perfloss_fo_and_the_corrector_accepts_it(digits, family):
+    """`blame(method="perfloss-fo")` is the first-order engine, under inference mode as assess runs it."""
+    from deeppatch.technique.blame import METHODS, blame
+    from deeppatch.technique.corrector import DeepPatchParams
+
+    assert "perfloss-fo" in METHODS
+    model = _model("tinycnn", digits.info)
+    val = digits.val.head(30)
+    via_blame = blame(model, "perfloss-fo", val, family, seed=0, device=CPU, batch_size=16)
+    direct = perfloss_fo(model, val, family, seed=0, device=CPU, batch_size=16)
+    assert isinstance(via_blame, FirstOrderBlameResult)
+    assert via_blame.scores == direct.scores and via_blame.ranking() == direct.ranking()
+    assert DeepPatchParams(blame="perfloss-fo").blame == "perfloss-fo"

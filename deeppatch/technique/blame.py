@@ -33,7 +33,7 @@ from deeppatch.progress import progress
 from deeppatch.seeding import make_generator
 from deeppatch.technique.tracing import SuffixPlan, is_traceable, stack_variants, trace
 
-METHODS = ("perfloss", "featswap")
+METHODS = ("perfloss", "featswap", "perfloss-fo")  # perfloss-fo: blame_approx.py, first order
 ENGINES = ("auto", "suffix", "batched", "naive")
 FORMAT = "deeppatch.blame/1"
 
@@ -237,6 +237,10 @@ def blame(
     """Score every filter of every conv (or of `layers`) with `method`."""
     if method not in METHODS:
         raise DeepPatchError(f"unknown blame method {method!r}; valid choices: {', '.join(METHODS)}")
+    if method == "perfloss-fo":  # one backward pass per batch; no per-filter engine involved
+        from deeppatch.technique.blame_approx import perfloss_fo  # imports this module
+
+        return perfloss_fo(model, val, family, seed=seed, device=device, batch_size=batch_size, layers=layers)
     t0 = time.perf_counter()
     model = model.to(device).eval()
     engine = resolve_engine(model, engine)

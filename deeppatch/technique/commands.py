@@ -9,7 +9,7 @@ from typing import Any
 from deeppatch.device import resolve_device
 from deeppatch.errors import DeepPatchError
 
-FS_METHODS = ("perfloss", "featswap", "ratioestim")
+FS_METHODS = ("perfloss", "featswap", "ratioestim", "perfloss-fo")
 CRT_METHODS = ("patch", "finetune")
 
 

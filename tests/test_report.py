@@ -217,7 +217,8 @@ def test_many_attacks_collapse_to_their_mean(tmp_path):
     cells = {}
     for seed in (0, 1):
         for corrector in ("none", "finetune"):
-            cells[corrector, seed] = [SuiteRow("clean", "clean", 90.0, 10)] + [
+            cells[corrector, seed] = [SuiteRow("clean", "clean", 90.0, 10),  # the attack subset's clean accuracy:
+                                      SuiteRow("attacks", "clean", 88.0, 10, group="clean")] + [  # not an attack
                 SuiteRow("attacks", f"pgd-linf/eps={e}/steps=5", 10.0 * i + seed, 10, group="pgd-linf", severity=e)
                 for i, e in enumerate((0.01, 0.02, 0.03, 0.04))]
     out = tmp_path / "out"
@@ -284,6 +285,16 @@ def test_regeneration_is_byte_identical(built, tmp_path):
     build_report(results, tmp_path / "again")  # rebuilding in place changes nothing either
     assert _digests(tmp_path / "again") == a
 
+
+def test_committed_quick_report_regenerates_byte_for_byte(tmp_path):
+    """reports/quick/ (the example README links) is exactly what `deeppatch report` makes of its stored rows."""
+    committed = Path(__file__).resolve().parents[1] / "reports" / "quick"
+    results = committed / "results"
+    assert (results / "manifest.json").is_file() and any((results / "rows").glob("*.jsonl"))
+    assert main(["report", str(results), "-o", str(tmp_path / "quick")]) == 0
+    expected = {k: v for k, v in _digests(committed).items() if not k.startswith("results/")}
+    assert "README.md" in expected and "index.html" in expected
+    assert _digests(tmp_path / "quick") == expected
 
 def test_rows_csv_holds_every_row_in_fixed_order(built):
     import pandas as pd

@@ -6,8 +6,11 @@
     <out_dir>/headline.csv     the headline table's numbers (mean, std, n, best per column)
     <out_dir>/headline.tex     the headline table in booktabs LaTeX
     <out_dir>/plots/*.png      clean vs robust scatter, blur curves, corruption curves
+    <out_dir>/results/         a copy of the rows, manifest.json and failures the report was built from
 
-Every file is a pure function of the rows and manifest.json, so the same results regenerate the same bytes.
+Every file is a pure function of the rows and manifest.json, so the same results regenerate the same bytes,
+and the copy under results/ lets anyone rebuild a report folder from itself:
+``deeppatch report reports/NAME/results -o reports/NAME``.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from deeppatch.report.tables import headline, sections
 from deeppatch.results import load_rows, read_manifest
 from deeppatch.storage import atomic_write_bytes, atomic_write_text
 
+SNAPSHOT_DIR = "results"
+SNAPSHOT_PARTS = (("manifest.json", None), ("rows", "*.jsonl"), ("failures", "*.json"))
 DATA_FILES = (("rows.csv", "every result row (all columns), sorted by dataset, model, corrector, seed, suite, "
                            "condition"),
               ("headline.csv", "the headline table's numbers: mean, std, number of seeds and best mark per column"),
@@ -66,6 +71,32 @@ def load_manifest(results_dir: Path) -> dict:
     except json.JSONDecodeError as exc:
         raise DeepPatchError(f"{str(results_dir / 'manifest.json')!r} is not valid JSON: {exc}") from exc
     return manifest if isinstance(manifest, dict) else {}
+
+
+def snapshot_results(results: Path, target: Path) -> dict[str, Path]:
+    """Copy the inputs of the report (manifest, rows, failures) into the report folder, exactly.
+
+    Files the source no longer has are removed, so the copy never mixes two runs. Building from the
+    copy itself (the regeneration command) leaves it as it is.
+    """
+    if target.exists() and results.resolve() == target.resolve():
+        return {}
+    written: dict[str, Path] = {}
+    for name, pattern in SNAPSHOT_PARTS:
+        source, dest = results / name, target / name
+        if pattern is None:
+            if source.is_file():
+                written[f"snapshot_{name}"] = write_file(source.read_bytes(), dest)
+            else:
+                dest.unlink(missing_ok=True)
+            continue
+        keep = {p.name for p in source.glob(pattern)} if source.is_dir() else set()
+        for stale in (dest.glob(pattern) if dest.is_dir() else ()):
+            if stale.name not in keep:
+                stale.unlink()
+        for file in sorted(keep):
+            written[f"snapshot_{name}/{file}"] = write_file((source / file).read_bytes(), dest / file)
+    return written
 
 
 def default_name(results_dir: str | Path) -> str:
@@ -110,6 +141,7 @@ def build_report(results_dir: str | Path, out_dir: str | Path) -> dict[str, Path
     for key, file in PLOT_FILES.items():  # plots an earlier report had but these rows do not allow
         if key not in {p.name for p in plots}:
             (out / PLOTS_DIR / file).unlink(missing_ok=True)
+    written.update(snapshot_results(results, out / SNAPSHOT_DIR))
     written["markdown"] = write_file(markdown.render(report), out / "README.md")
     written["html"] = write_file(html.render(report), out / "index.html")
     return written

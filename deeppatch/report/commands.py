@@ -29,6 +29,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     print(f"report: {written['markdown']}")
     print(f"html:   {written['html']}")
     for key in sorted(written):
-        if key not in ("markdown", "html"):
+        if key not in ("markdown", "html") and not key.startswith("snapshot_"):
             print(f"  {key}: {written[key]}")
+    copied = sum(key.startswith("snapshot_") for key in written)
+    if copied:
+        print(f"  the {copied} input files (manifest, rows, failures) copied to {out / 'results'}")
     return 0

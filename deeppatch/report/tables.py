@@ -173,6 +173,7 @@ def headline(df: pd.DataFrame, entries: pd.DataFrame) -> Table | None:
         notes.append("corruptions mean: over all corruptions and severities.")
 
     attack_rows = _values(df, "attacks", aggregates=False)
+    attack_rows = attack_rows[attack_rows["group"] != "clean"]  # the subsets' clean accuracy is no attack
     attack_conditions = condition_order(attack_rows)
     if 0 < len(attack_conditions) <= MAX_ATTACK_COLUMNS:
         for cond in attack_conditions:

@@ -110,6 +110,32 @@ def test_replace_unit_rewrites_only_the_selected_channels_in_place(info):
     assert torch.allclose(out[:, [6, 1, 4]], unit.cru(x))  # channel order preserved (spec bug 7)
 
 
+
+@pytest.mark.parametrize("bias,stride,padding_mode", [(False, 1, "zeros"), (True, 2, "reflect")])
+def test_folded_replace_unit_equals_conv_then_overwrite(bias, stride, padding_mode):
+    """Patched mode runs one conv with the unit's filters written into the weight: same output, same gradients."""
+    from deeppatch.technique.patching import Route, Router
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 8, 3, stride=stride, padding=1, bias=bias, padding_mode=padding_mode).double()
+    unit = PatchedConv(conv, [6, 1, 4], "replace", False, Router()).double()
+    assert unit.foldable
+    conv.requires_grad_(False)
+    x = torch.rand(3, 4, 9, 9, dtype=torch.float64, requires_grad=True)
+    folded = unit.folded(x)
+    reference = unit.patch(x, conv(x))
+    assert torch.allclose(folded, reference, rtol=0, atol=1e-12)
+    g = torch.rand_like(folded)
+    grads = torch.autograd.grad(folded, [x, unit.cru.weight], g)
+    ref_grads = torch.autograd.grad(reference, [x, unit.cru.weight], g)
+    for a, b in zip(grads, ref_grads, strict=True):
+        assert torch.allclose(a, b, rtol=0, atol=1e-12)
+    with unit.router.use(Route("patched")):
+        assert torch.equal(unit(x), folded)  # what patched mode (training, always patched) runs
+    grouped = nn.Conv2d(4, 8, 3, groups=2)
+    assert not PatchedConv(grouped, [1], "replace", False, Router()).foldable
+    assert not PatchedConv(conv, [1], "crtunit", False, Router()).foldable
+
 def test_crtunit_is_written_back_in_place(info):
     torch.manual_seed(0)
     conv = nn.Conv2d(2, 6, 3, padding=1, bias=False)

@@ -145,6 +145,8 @@ class PatchedConv(nn.Module):
         self.cru = replacement_conv(conv, k, depthwise) if unit == "replace" else CorrectionUnit(k)
         self.router = router
         self.is_indicator = False
+        # a full-width replace unit has the original's weight layout: patched mode can run one conv
+        self.foldable = unit == "replace" and not depthwise and conv.groups == 1
 
     def patch(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """y with channels S rewritten by the unit (out of place)."""
@@ -154,9 +156,23 @@ class PatchedConv(nn.Module):
             r = self.cru(y.index_select(1, self.indices))
         return y.index_copy(1, self.indices, r.to(y.dtype))
 
+    def folded(self, x: torch.Tensor) -> torch.Tensor:
+        """The patched output as one conv: the unit's filters written into the original weight.
+
+        For full-width `replace` units (`foldable`) this equals `patch(x, conv(x))` (the same per-channel
+        convolutions; tested) without running the original filters of S or copying activations,
+        which is most of the cost of a patch training step.
+        """
+        conv = self.conv
+        weight = conv.weight.index_copy(0, self.indices, self.cru.weight.to(conv.weight.dtype))
+        bias = None if conv.bias is None else conv.bias.index_fill(0, self.indices, 0.0)
+        return conv._conv_forward(x, weight, bias)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv(x)
         route = self.router.current()
+        if route.mode == "patched" and self.foldable:
+            return self.folded(x)
+        y = self.conv(x)
         if route.mode == "original":
             return y
         if route.mode == "patched":

@@ -67,9 +67,32 @@ def test_original_mode_and_original_route_are_bit_exact(info):
         assert not torch.allclose(out[routed], expected[routed])
 
 
-@pytest.mark.parametrize("arch", ["tinycnn", "resnet20", "mobilenetv2_x0_5"])
-def test_per_sample_routing_equals_running_each_input_alone(arch, info):
-    _, model, _ = _switched(arch, info)
+def test_input_gradients_through_a_mixed_batch(info):
+    """Attacks differentiate the switched model: the inputs on the original path get the original model's
+    input gradients, the patched ones the patched model's (patched rows are written in place)."""
+    base, model, _ = _switched("resnet20", info)
+    x = torch.rand(16, *info.image_shape)
+    with torch.inference_mode():
+        _, scores = model.decisions(x)
+        model.learned_gate.threshold.fill_(_split_threshold(scores, len(x) // 2))
+        routed, _ = model.decisions(x)
+    assert 0 < int(routed.sum()) < len(x)
+
+    def input_grad(net):
+        xg = x.clone().requires_grad_(True)
+        (net(xg) * torch.linspace(-1, 1, 10)).sum().backward()
+        return xg.grad
+
+    mixed = input_grad(model.configure(mode="switch"))
+    assert torch.allclose(mixed[~routed], input_grad(base)[~routed], atol=1e-6)
+    patched = input_grad(model.configure(mode="patched"))
+    assert torch.allclose(mixed[routed], patched[routed], atol=1e-5)
+    model.configure(mode="switch")
+
+@pytest.mark.parametrize("arch,unit", [("tinycnn", "replace"), ("resnet20", "replace"), ("mobilenetv2_x0_5", "replace"),
+                                       ("resnet20", "crtunit"), ("mobilenetv2_x0_5", "crtunit")])
+def test_per_sample_routing_equals_running_each_input_alone(arch, unit, info):
+    _, model, _ = _switched(arch, info, unit=unit)
     x = torch.rand(12, *info.image_shape)
     with torch.inference_mode():
         _, scores = model.decisions(x)

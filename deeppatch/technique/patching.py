@@ -54,11 +54,21 @@ class Route:
     computes the patched path there only if the gate needs it or for the inputs routed to it."""
 
     mode: str
-    mask: torch.Tensor | None = None
+    mask: torch.Tensor | None = None  # set through decide()
+    share: str = ""  # once decided: "none", "all" or "some" of the inputs take the patched path
+    rows: torch.Tensor | None = None  # the patched rows' indices when share == "some"
     pending: tuple[PatchedConv, torch.Tensor, torch.Tensor] | None = None
     gate: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None
     gate_needs_patched: bool = True  # the reference gate compares both paths; the learned one does not
     stop_after_decision: bool = False  # raise StopForward once the mask is known
+
+
+    def decide(self, mask: torch.Tensor) -> None:
+        """Record the indicator's decision, and what every patched layer needs of it, once per forward."""
+        self.mask = mask
+        patched = int(mask.sum())
+        self.share = "none" if patched == 0 else "all" if patched == mask.numel() else "some"
+        self.rows = mask.nonzero(as_tuple=True)[0] if self.share == "some" else None
 
 
 class StopForward(Exception):
@@ -90,18 +100,20 @@ class Router:
         return new
 
 
-def _mix(orig: torch.Tensor, mask: torch.Tensor, patched_fn: Callable, inputs: torch.Tensor | tuple) -> torch.Tensor:
-    """Original values for unmasked samples (untouched, bit for bit), patched for masked ones.
+def _mix(orig: torch.Tensor, route: Route, patched_fn: Callable, inputs: torch.Tensor | tuple) -> torch.Tensor:
+    """Original values for the inputs routed to the original path (untouched, bit for bit), patched for the others.
 
-    `inputs` (a tensor or a tuple of tensors) is sliced to the masked samples before `patched_fn`.
+    `inputs` (a tensor or a tuple of tensors) is sliced to the patched rows before `patched_fn`. `orig`
+    must be a fresh output of the caller's (its patched rows are overwritten in place: no full copy per
+    layer; autograd allows it, as neither conv nor batch norm saves its output for backward).
     """
-    if not bool(mask.any()):
+    if route.share == "none":
         return orig
-    if bool(mask.all()):
+    if route.share == "all":
         return patched_fn(inputs)
-    idx = mask.nonzero(as_tuple=True)[0]
+    idx = route.rows
     subset = tuple(t[idx] for t in inputs) if isinstance(inputs, tuple) else inputs[idx]
-    return orig.index_put((idx,), patched_fn(subset))
+    return orig.index_put_((idx,), patched_fn(subset).to(orig.dtype))
 
 
 # --------------------------------------------------------------------------------------------
@@ -148,13 +160,22 @@ class PatchedConv(nn.Module):
         # a full-width replace unit has the original's weight layout: patched mode can run one conv
         self.foldable = unit == "replace" and not depthwise and conv.groups == 1
 
+    def unit_output(self, x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """The unit's output (channels S) for `rows` of the batch (all rows when None).
+
+        Only what the unit reads is gathered: x's rows (replace), or just channels S of those rows
+        (depthwise replace: x's; crtunit: y's).
+        """
+        def channels_s(t: torch.Tensor) -> torch.Tensor:
+            return t.index_select(1, self.indices) if rows is None else t[rows[:, None], self.indices]
+
+        if self.unit == "replace":
+            return self.cru(channels_s(x) if self.depthwise else (x if rows is None else x[rows]))
+        return self.cru(channels_s(y))
+
     def patch(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """y with channels S rewritten by the unit (out of place)."""
-        if self.unit == "replace":
-            r = self.cru(x.index_select(1, self.indices) if self.depthwise else x)
-        else:
-            r = self.cru(y.index_select(1, self.indices))
-        return y.index_copy(1, self.indices, r.to(y.dtype))
+        return y.index_copy(1, self.indices, self.unit_output(x, y).to(y.dtype))
 
     def folded(self, x: torch.Tensor) -> torch.Tensor:
         """The patched output as one conv: the unit's filters written into the original weight.
@@ -170,7 +191,8 @@ class PatchedConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         route = self.router.current()
-        if route.mode == "patched" and self.foldable:
+        every_input_patched = route.mode == "patched" or (route.share == "all" and not self.is_indicator)
+        if every_input_patched and self.foldable:
             return self.folded(x)
         y = self.conv(x)
         if route.mode == "original":
@@ -182,12 +204,13 @@ class PatchedConv(nn.Module):
             return y
         if route.mask is None:
             raise RuntimeError("patched conv ran before the indicator decided the route")
-        if not bool(route.mask.any()):
+        if route.share == "none":
             return y
-        if bool(route.mask.all()):
+        if route.share == "all":
             return self.patch(x, y)
-        idx = route.mask.nonzero(as_tuple=True)[0]
-        return y.index_put((idx,), self.patch(x[idx], y[idx]))
+        # some inputs patched: write the unit's channels of their rows into y (fresh, so in place)
+        rows = route.rows
+        return y.index_put_((rows[:, None], self.indices), self.unit_output(x, y, rows).to(y.dtype))
 
     def extra_repr(self) -> str:
         return f"unit={self.unit}, k={len(self.indices)}, depthwise={self.depthwise}, indicator={self.is_indicator}"
@@ -233,18 +256,17 @@ class DualBN(nn.Module):
             route.pending = None
             a_orig = self.original(x)
             a_patch = self.patched(conv.patch(conv_in, x)) if route.gate_needs_patched else None
-            route.mask = route.gate(a_orig, a_patch)
+            route.decide(route.gate(a_orig, a_patch))
             if route.stop_after_decision:
                 raise StopForward
-            if not bool(route.mask.any()):
+            if route.share == "none":
                 return a_orig
             if a_patch is not None:
-                return a_patch if bool(route.mask.all()) else torch.where(route.mask.view(-1, 1, 1, 1), a_patch,
-                                                                          a_orig)
-            return _mix(a_orig, route.mask, lambda xs: self.patched(conv.patch(xs[0], xs[1])), (conv_in, x))
+                return a_patch if route.share == "all" else torch.where(route.mask.view(-1, 1, 1, 1), a_patch, a_orig)
+            return _mix(a_orig, route, lambda xs: self.patched(conv.patch(xs[0], xs[1])), (conv_in, x))
         if route.mask is None:
             raise RuntimeError("BatchNorm ran before the indicator decided the route")
-        return _mix(self.original(x), route.mask, self.patched, x)
+        return _mix(self.original(x), route, self.patched, x)
 
 
 # --------------------------------------------------------------------------------------------

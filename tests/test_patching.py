@@ -254,6 +254,16 @@ def test_indicator_is_located_by_execution_not_registration(info):
     assert net.locate_indicator(torch.rand(2, *info.image_shape)) == ("conv1", "bn1")
 
 
+def test_learned_gate_features_are_mean_std_max():
+    """The gate's pooled features: per-channel mean, unbiased std and max of its conv block's output."""
+    torch.manual_seed(0)
+    gate = LearnedGate(4, width=6).eval()
+    a = torch.rand(5, 4, 7, 7)
+    with torch.no_grad():
+        h = torch.relu(gate.bn(gate.conv(a))).flatten(2).double()
+        feats = torch.cat([h.mean(2), h.std(2), h.amax(2)], 1).float()
+        assert torch.allclose(gate.logit(a), gate.head(feats).squeeze(1), atol=1e-6)
+
 def test_reference_gate_derives_its_direction_from_data():
     gate = ReferenceGate([0])
     info = gate.calibrate(torch.tensor([0.4, 0.5]), torch.tensor([0.1, 0.2]))

@@ -62,7 +62,6 @@ class Route:
     gate_needs_patched: bool = True  # the reference gate compares both paths; the learned one does not
     stop_after_decision: bool = False  # raise StopForward once the mask is known
 
-
     def decide(self, mask: torch.Tensor) -> None:
         """Record the indicator's decision, and what every patched layer needs of it, once per forward."""
         self.mask = mask

@@ -115,6 +115,8 @@ def images_per_pass(bytes_per_image: int, max_images: int, device: torch.device)
 
 
 def _slices(n: int, size: int) -> list[slice]:
+    """Row slices of at most `size`, of equal length (no short remainder pass: 128 by 80 -> 64 + 64)."""
+    size = -(-n // -(-n // size)) if n > 0 else size
     return [slice(s, min(s + size, n)) for s in range(0, n, size)]
 
 

@@ -74,6 +74,17 @@ class BlameResult:
 # blame data
 
 
+def select_convs(model: nn.Module, layers: list[str] | None) -> list[tuple[str, nn.Conv2d]]:
+    """The model's convs, or those named in `layers` (an unknown name is an error naming it)."""
+    convs = conv_layers(model)
+    if layers is None:
+        return convs
+    unknown = set(layers) - {n for n, _ in convs}
+    if unknown:
+        raise DeepPatchError(f"not conv layers of this model: {', '.join(sorted(unknown))}")
+    return [(n, m) for n, m in convs if n in layers]
+
+
 def perfloss_data(val: TensorSplit, family: Perturbation, seed: int, device: torch.device) -> TensorSplit:
     """Every condition of the family applied to val, no clean images (the reference's ``expand``)."""
     return family.expand(val.to(device), device=device, generator=make_generator(seed, "blame", "expand"))
@@ -246,12 +257,7 @@ def blame(
     t0 = time.perf_counter()
     model = model.to(device).eval()
     engine = resolve_engine(model, engine)
-    convs = conv_layers(model)
-    if layers is not None:
-        unknown = set(layers) - {n for n, _ in convs}
-        if unknown:
-            raise DeepPatchError(f"not conv layers of this model: {', '.join(sorted(unknown))}")
-        convs = [(n, m) for n, m in convs if n in layers]
+    convs = select_convs(model, layers)
 
     if method == "perfloss":
         data = perfloss_data(val, family, seed, device)

@@ -35,7 +35,7 @@ from torch import nn
 from deeppatch.data import TensorSplit
 from deeppatch.errors import DeepPatchError
 from deeppatch.perturbations.base import Perturbation
-from deeppatch.technique.blame import BlameResult, conv_layers, perfloss_data
+from deeppatch.technique.blame import BlameResult, perfloss_data, select_convs
 
 METHOD = "perfloss-fo"
 ENGINE = "first-order"
@@ -68,12 +68,7 @@ def perfloss_fo(
         raise DeepPatchError(f"blame batch size must be >= 1, got {batch_size}")
     with torch.inference_mode(False), torch.enable_grad():
         model = model.to(device).eval()
-        convs = conv_layers(model)
-        if layers is not None:
-            unknown = set(layers) - {n for n, _ in convs}
-            if unknown:
-                raise DeepPatchError(f"not conv layers of this model: {', '.join(sorted(unknown))}")
-            convs = [(n, m) for n, m in convs if n in layers]
+        convs = select_convs(model, layers)
         with torch.no_grad():
             data = perfloss_data(val, family, seed, device)
         sums = {name: torch.zeros(conv.out_channels, dtype=torch.float64, device=device) for name, conv in convs}

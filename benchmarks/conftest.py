@@ -31,9 +31,13 @@ import pytest
 import torch
 
 SUMMARY_KEY = pytest.StashKey[list]()
+# test modules import the suite's shared inputs (perf_data.py) by name; --import-mode=importlib
+# does not put this folder on sys.path by itself
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 _CHILD = r"""
-import ctypes, gc, importlib.util, json, resource, sys
+import ctypes, gc, importlib.util, json, os, resource, sys
 import torch
 
 
@@ -42,6 +46,7 @@ def status(key):
         return next(int(line.split()[1]) for line in f if line.startswith(key + ":"))
 
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(sys.argv[1])))  # the suite's shared perf_data module
 spec = importlib.util.spec_from_file_location("perf_child", sys.argv[1])
 mod = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(mod)

@@ -21,51 +21,26 @@ from pathlib import Path
 
 import torch
 import torch.fx
-import torch.nn.functional as F
+from perf_data import smooth_images, zoo_model
 
-from deeppatch.data import DatasetInfo, TensorSplit, to_float
-from deeppatch.models import create_model
+from deeppatch.data import TensorSplit, to_float
 from deeppatch.perturbations import get_perturbation
-from deeppatch.seeding import derive_seed, make_generator
+from deeppatch.seeding import make_generator
 from deeppatch.technique.blame import blame, conv_layers, perfloss_data
 from deeppatch.technique.blame_approx import perfloss_fo
 from deeppatch.technique.tracing import SuffixPlan, trace
 
 HERE = str(Path(__file__).resolve())
-ARCH = "resnet20"
-SHAPE = (1, 28, 28)
 VAL_IMAGES = 64  # x 2 blur sigmas = 128 blame images at scale 1
 SIGMAS = (1.0, 2.0)
 MEMORY_LAYERS = ["conv1", "layer3.2.conv2"]  # the largest stacked activation and a late, narrow suffix
 
 
-def smooth_images(n: int, shape: tuple[int, int, int], purpose: str) -> torch.Tensor:
-    """Image-like uint8 pixels: upsampled low-resolution noise plus a little fine noise."""
-    g = make_generator(0, "perf", purpose)
-    c, h, w = shape
-    low = torch.rand(n, c, max(2, h // 4), max(2, w // 4), generator=g)
-    x = F.interpolate(low, size=(h, w), mode="bilinear", align_corners=False)
-    x = (0.85 * x + 0.15 * torch.rand(n, c, h, w, generator=g)).clamp(0, 1)
-    return (x * 255).round().to(torch.uint8)
-
-
-def make_model(arch: str, shape: tuple[int, int, int], classes: int = 10) -> torch.nn.Module:
-    """A zoo model with seeded init and BatchNorm statistics from a pass over image-like data."""
-    info = DatasetInfo("perf", classes, shape, (0.5,) * shape[0], (0.25,) * shape[0])
-    with torch.random.fork_rng():
-        torch.manual_seed(derive_seed(0, "perf", arch))
-        model = create_model(arch, info)
-    model.train()
-    with torch.no_grad():
-        model(smooth_images(256, shape, "bn").float() / 255)
-    return model.eval()
-
-
 def blame_inputs(scale: float) -> tuple[torch.nn.Module, TensorSplit]:
     n = max(8, int(round(VAL_IMAGES * scale)))
-    x = smooth_images(n, SHAPE, "blame-val")
+    x = smooth_images(n, "blame-val")
     y = torch.randint(0, 10, (n,), generator=make_generator(0, "perf", "blame-labels"))
-    return make_model(ARCH, SHAPE), TensorSplit(x, y)
+    return zoo_model(), TensorSplit(x, y)
 
 
 def blame_run(engine: str, scale: float, layers: list[str] | None = None, device: str = "cpu"

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from perf_data import smooth_images
 from PIL import Image
 
 from deeppatch.data import TensorSplit
@@ -30,7 +30,6 @@ from deeppatch.seeding import make_generator, numpy_rng
 
 HERE = str(Path(__file__).resolve())
 IMAGES = 10_000
-SHAPE = (1, 28, 28)
 CORRUPTIONS = ("gaussian_noise", "contrast", "pixelate", "jpeg_compression", "zoom_blur")
 SEVERITY = 3
 LOADER_BATCH = 256
@@ -38,11 +37,7 @@ LOADER_BATCH = 256
 
 def images(n: int) -> TensorSplit:
     """Image-like uint8 pixels (upsampled low-resolution noise), labels 0."""
-    g = make_generator(0, "perf", "perturb-images")
-    low = torch.rand(n, SHAPE[0], 7, 7, generator=g)
-    x = F.interpolate(low, size=SHAPE[1:], mode="bilinear", align_corners=False)
-    x = (0.85 * x + 0.15 * torch.rand(n, *SHAPE, generator=g)).clamp(0, 1)
-    return TensorSplit((x * 255).round().to(torch.uint8), torch.zeros(n, dtype=torch.long))
+    return TensorSplit(smooth_images(n, "perturb-images"), torch.zeros(n, dtype=torch.long))
 
 
 def _parts(n_total: int, conditions: int) -> int:

@@ -16,41 +16,23 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
+from perf_data import smooth_images, zoo_model
 
-from deeppatch.data import DatasetInfo, TensorSplit, to_float
+from deeppatch.data import TensorSplit, to_float
 from deeppatch.evaluation import predict
-from deeppatch.models import create_model
-from deeppatch.seeding import derive_seed, make_generator
+from deeppatch.seeding import derive_seed
 from deeppatch.technique.patching import PatchedNetwork, plan_patches
 from deeppatch.technique.switch import LearnedGate, ReferenceGate, SwitchedModel
 
 HERE = str(Path(__file__).resolve())
-ARCH = "resnet20"
-SHAPE = (1, 28, 28)
 IMAGES = 2048
 BATCH = 512
 ROUTED = 0.10  # fraction of clean images the gates send to the patch
 
 
-def smooth_images(n: int, purpose: str) -> torch.Tensor:
-    g = make_generator(0, "perf", purpose)
-    c, h, w = SHAPE
-    low = torch.rand(n, c, h // 4, w // 4, generator=g)
-    x = F.interpolate(low, size=(h, w), mode="bilinear", align_corners=False)
-    return ((0.85 * x + 0.15 * torch.rand(n, c, h, w, generator=g)).clamp(0, 1) * 255).round().to(torch.uint8)
-
-
 def switched_inputs(n_images: int, gate: str, routing: str, device: str = "cpu"
                     ) -> tuple[torch.nn.Module, SwitchedModel, TensorSplit]:
-    info = DatasetInfo("perf", 10, SHAPE, (0.5,), (0.25,))
-    with torch.random.fork_rng():
-        torch.manual_seed(derive_seed(0, "perf", ARCH))
-        base = create_model(ARCH, info)
-    base.train()
-    with torch.no_grad():
-        base(to_float(smooth_images(256, "bn")))
-    base.eval()
+    base = zoo_model()
     plan = plan_patches(base, None, ratio=0.25, side="random", seed=0)
     network = PatchedNetwork(base, plan.specs, seed=0).eval()
     data = TensorSplit(smooth_images(n_images, "switch-clean"), torch.zeros(n_images, dtype=torch.long))

@@ -20,39 +20,22 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from perf_data import smooth_images, zoo_model
 from torch import nn
 
-from deeppatch.data import DatasetInfo, TensorSplit, to_float
-from deeppatch.models import create_model
-from deeppatch.seeding import derive_seed, make_generator
+from deeppatch.data import TensorSplit, to_float
+from deeppatch.seeding import make_generator
 from deeppatch.technique.patching import PatchedNetwork, plan_patches
 from deeppatch.training import OptimConfig, TrainLoop, autocast_context
 
 HERE = str(Path(__file__).resolve())
-ARCH = "resnet20"
-SHAPE = (1, 28, 28)
 IMAGES = 1024
 BATCH = 128
 LAYERS = {"all convs": ["*"], "stem excluded": ["layer*"], "layer3 only": ["layer3*"]}
 
 
-def smooth_images(n: int, purpose: str) -> torch.Tensor:
-    g = make_generator(0, "perf", purpose)
-    c, h, w = SHAPE
-    low = torch.rand(n, c, h // 4, w // 4, generator=g)
-    x = F.interpolate(low, size=(h, w), mode="bilinear", align_corners=False)
-    return ((0.85 * x + 0.15 * torch.rand(n, c, h, w, generator=g)).clamp(0, 1) * 255).round().to(torch.uint8)
-
-
 def base_model() -> nn.Module:
-    info = DatasetInfo("perf", 10, SHAPE, (0.5,), (0.25,))
-    with torch.random.fork_rng():
-        torch.manual_seed(derive_seed(0, "perf", ARCH))
-        model = create_model(ARCH, info)
-    model.train()
-    with torch.no_grad():
-        model(to_float(smooth_images(256, "bn")))
-    return model.eval()
+    return zoo_model()
 
 
 def training_model(which: str, layers: list[str]) -> tuple[nn.Module, list[nn.Parameter]]:

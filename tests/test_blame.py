@@ -7,9 +7,9 @@ import torch
 
 from deeppatch.data import load_splits
 from deeppatch.errors import DeepPatchError
-from deeppatch.models import create_model
 from deeppatch.perturbations import get_perturbation
 from deeppatch.technique.blame import BlameResult, blame, conv_layers
+from tests.models_util import seeded_model
 
 CPU = torch.device("cpu")
 
@@ -24,19 +24,10 @@ def family():
     return get_perturbation("blur", sigmas=[0.5, 1.0])
 
 
-def _model(arch, info, seed=0):
-    torch.manual_seed(seed)
-    model = create_model(arch, info)
-    model.train()
-    with torch.no_grad():  # non-trivial BN statistics
-        model(torch.rand(64, *info.image_shape))
-    return model.eval()
-
-
 @pytest.mark.parametrize("arch", ["tinycnn", "resnet20", "shufflenetv2_x0_5", "mobilenetv2_x0_5"])
 @pytest.mark.parametrize("method", ["perfloss", "featswap"])
 def test_fast_engines_equal_the_naive_loop(arch, method, digits, family):
-    model = _model(arch, digits.info)
+    model = seeded_model(arch, digits.info)
     convs = [(n, m) for n, m in conv_layers(model) if m.out_channels <= 64]
     # small models: every layer; larger ones: the stem, one conv in the middle and the last narrow one
     picks = {convs[0][0], convs[len(convs) // 2][0], convs[-1][0]}
@@ -53,7 +44,7 @@ def test_fast_engines_equal_the_naive_loop(arch, method, digits, family):
 
 def test_perfloss_is_base_minus_masked_accuracy(digits, family):
     """Check one filter by hand: zero the channel with a hook and count."""
-    model = _model("tinycnn", digits.info)
+    model = seeded_model("tinycnn", digits.info)
     result = blame(model, "perfloss", digits.val, family, seed=0, device=CPU)
     from deeppatch.evaluation import accuracy
     from deeppatch.technique.blame import perfloss_data
@@ -76,7 +67,7 @@ def test_ranking_directions_and_ties():
 
 
 def test_blame_is_deterministic_and_validates(digits, family):
-    model = _model("tinycnn", digits.info)
+    model = seeded_model("tinycnn", digits.info)
     a = blame(model, "featswap", digits.val, family, seed=3, device=CPU)
     b = blame(model, "featswap", digits.val, family, seed=3, device=CPU)
     assert a.scores == b.scores  # the noisy val set is generated once from the seed (spec bug 14)

@@ -8,10 +8,10 @@ import torch.nn.functional as F
 
 from deeppatch.data import load_splits
 from deeppatch.errors import DeepPatchError
-from deeppatch.models import create_model
 from deeppatch.perturbations import get_perturbation
 from deeppatch.technique.blame import perfloss_data
 from deeppatch.technique.blame_approx import FirstOrderBlameResult, perfloss_fo
+from tests.models_util import seeded_model
 
 CPU = torch.device("cpu")
 
@@ -24,15 +24,6 @@ def digits():
 @pytest.fixture(scope="module")
 def family():
     return get_perturbation("blur", sigmas=[0.5, 1.0])
-
-
-def _model(arch, info, seed=0):
-    torch.manual_seed(seed)
-    model = create_model(arch, info)
-    model.train()
-    with torch.no_grad():
-        model(torch.rand(64, *info.image_shape))
-    return model.eval()
 
 
 def _mean_loss(model, data, layer=None, channel=None, scale=1.0):
@@ -55,7 +46,7 @@ def _mean_loss(model, data, layer=None, channel=None, scale=1.0):
 
 def test_scores_are_the_directional_derivative_towards_zeroing(digits, family):
     """d/dε L(a_c -> (1 - ε) a_c) at ε = 0, by central differences in float64."""
-    model = _model("tinycnn", digits.info).double()
+    model = seeded_model("tinycnn", digits.info).double()
     val = digits.val.head(40)
     data = perfloss_data(val, family, 0, CPU)
     result = perfloss_fo(model.float(), val, family, seed=0, device=CPU, batch_size=32)
@@ -70,7 +61,7 @@ def test_scores_are_the_directional_derivative_towards_zeroing(digits, family):
 
 
 def test_ranking_is_ascending_like_perfloss_and_runs_under_inference_mode(digits, family):
-    model = _model("resnet20", digits.info)
+    model = seeded_model("resnet20", digits.info)
     val = digits.val.head(30)
     with torch.inference_mode():  # blame() runs under inference mode; the estimate re-enables autograd
         result = perfloss_fo(model, val, family, seed=0, device=CPU, batch_size=25,
@@ -88,7 +79,7 @@ def test_ranking_is_ascending_like_perfloss_and_runs_under_inference_mode(digits
 
 
 def test_frozen_models_deterministic_and_validation(digits, family):
-    model = _model("tinycnn", digits.info)
+    model = seeded_model("tinycnn", digits.info)
     for p in model.parameters():
         p.requires_grad_(False)
     a = perfloss_fo(model, digits.val, family, seed=1, device=CPU)
@@ -106,7 +97,7 @@ def test_blame_dispatches_perfloss_fo_and_the_corrector_accepts_it(digits, famil
     from deeppatch.technique.corrector import DeepPatchParams
 
     assert "perfloss-fo" in METHODS
-    model = _model("tinycnn", digits.info)
+    model = seeded_model("tinycnn", digits.info)
     val = digits.val.head(30)
     via_blame = blame(model, "perfloss-fo", val, family, seed=0, device=CPU, batch_size=16)
     direct = perfloss_fo(model, val, family, seed=0, device=CPU, batch_size=16)

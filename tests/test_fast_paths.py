@@ -9,25 +9,16 @@ import torch
 
 from deeppatch.data import DatasetInfo, TensorSplit, load_splits
 from deeppatch.evaluation import predict
-from deeppatch.models import create_model
 from deeppatch.perturbations import get_perturbation
 from deeppatch.technique import blame as blame_module
 from deeppatch.technique.blame import blame, images_per_pass
 from deeppatch.technique.patching import PatchedNetwork, plan_patches
 from deeppatch.training import OptimConfig, TrainLoop
+from tests.models_util import seeded_model
 
 CPU = torch.device("cpu")
 RGB = DatasetInfo("rgb", 10, (3, 32, 32), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 ARCHS = ["tinycnn", "smallcnn", "resnet20", "vgg11_bn", "mobilenetv2_x0_5", "shufflenetv2_x0_5"]
-
-
-def _model(arch, info=RGB, seed=0):
-    torch.manual_seed(seed)
-    model = create_model(arch, info)
-    model.train()
-    with torch.no_grad():  # non-trivial BN statistics
-        model(torch.rand(64, *info.image_shape))
-    return model.eval()
 
 
 def _images(n, info=RGB, seed=0):
@@ -36,7 +27,7 @@ def _images(n, info=RGB, seed=0):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_channels_last_matches_contiguous(arch):
-    model = _model(arch)
+    model = seeded_model(arch, RGB)
     x = _images(16)
     with torch.inference_mode():
         ref = model(x)
@@ -46,7 +37,7 @@ def test_channels_last_matches_contiguous(arch):
 
 
 def test_channels_last_matches_for_the_patched_network():
-    base = _model("resnet20")
+    base = seeded_model("resnet20", RGB)
     network = PatchedNetwork(base, plan_patches(base, None, side="random", seed=0).specs, seed=0).eval()
     x = _images(16)
     with torch.inference_mode():
@@ -61,7 +52,7 @@ def test_channels_last_matches_for_the_patched_network():
 def test_bf16_autocast_stays_close_to_fp32(arch):
     """bf16 keeps 8 mantissa bits: logits within a few percent, and the same class wherever fp32's
     top-2 margin is clearly above that error."""
-    model = _model(arch)
+    model = seeded_model(arch, RGB)
     x = _images(64, seed=1)
     with torch.inference_mode():
         ref = model(x)
@@ -84,10 +75,10 @@ def test_training_with_channels_last_matches_contiguous():
     relative (measured). The update must agree to 2 %; eval-mode outputs agree to 1e-5 (above).
     """
     data = TensorSplit((_images(32) * 255).to(torch.uint8), torch.arange(32) % 10)
-    start = _model("resnet20").state_dict()
+    start = seeded_model("resnet20", RGB).state_dict()
     updates = []
     for channels_last in (False, True):
-        model = _model("resnet20")
+        model = seeded_model("resnet20", RGB)
         loop = TrainLoop(model=model, params=list(model.parameters()), batches=lambda epoch: data.batches(32),
                          num_batches=1, epochs=1, optim=OptimConfig(lr=0.05), select="last",
                          channels_last=channels_last, show_progress=False)
@@ -101,7 +92,7 @@ def test_training_with_channels_last_matches_contiguous():
 
 
 def test_predict_runs_in_inference_mode_and_matches_the_model():
-    model = _model("smallcnn")
+    model = seeded_model("smallcnn", RGB)
     split = TensorSplit((_images(40) * 255).to(torch.uint8), torch.zeros(40, dtype=torch.long))
     pred = predict(model, split, batch_size=16, device=CPU)
     assert torch.is_inference(pred)
@@ -111,7 +102,7 @@ def test_predict_runs_in_inference_mode_and_matches_the_model():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_predict_on_cuda_bf16_channels_last_agrees_with_fp32():
-    model = _model("resnet20").cuda()
+    model = seeded_model("resnet20", RGB).cuda()
     split = TensorSplit((_images(256) * 255).to(torch.uint8), torch.zeros(256, dtype=torch.long))
     fast = predict(model, split, device="cuda")
     ref = predict(model, split, device="cuda", amp=False)
@@ -130,7 +121,7 @@ def test_engines_stay_exact_when_passes_split_the_batch(arch, method, monkeypatc
     """A tiny byte budget makes every pass a slice of a batch: the counts must not change."""
     digits = load_splits("digits", val_fraction=0.1)
     family = get_perturbation("blur", sigmas=[0.5, 1.0])
-    model = _model(arch, digits.info)
+    model = seeded_model(arch, digits.info)
     layers = ["features.0", "features.4"] if arch == "tinycnn" else ["conv1", "layer2.0.conv1", "layer3.2.conv2"]
     kwargs = dict(seed=0, device=CPU, batch_size=24, layers=layers)
     naive = blame(model, method, digits.val.head(24), family, engine="naive", **kwargs)

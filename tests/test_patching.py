@@ -12,6 +12,7 @@ from deeppatch.models import create_model
 from deeppatch.models.checkpoint import load_model, save_model
 from deeppatch.technique.patching import DualBN, PatchedConv, PatchedNetwork, plan_patches
 from deeppatch.technique.switch import LearnedGate, ReferenceGate, SwitchedModel, auroc, best_threshold
+from tests.models_util import bn_trained
 
 
 @pytest.fixture(scope="module")
@@ -19,16 +20,9 @@ def info():
     return load_splits("digits", val_fraction=0.1).info
 
 
-def _trained_bn(model, shape):
-    model.train()
-    with torch.no_grad():
-        model(torch.rand(64, *shape))
-    return model.eval()
-
-
 def _switched(arch, info, *, ratio=0.5, unit="replace", gate_threshold=0.0, seed=0):
     torch.manual_seed(seed)
-    base = _trained_bn(create_model(arch, info), info.image_shape)
+    base = bn_trained(create_model(arch, info), info.image_shape)
     plan = plan_patches(base, None, ratio=ratio, side="random", unit=unit, seed=seed)
     net = PatchedNetwork(base, plan.specs, seed=seed)
     conv, bn = net.locate_indicator(torch.rand(2, *info.image_shape))
@@ -48,6 +42,15 @@ def _split_threshold(scores: torch.Tensor, below: int) -> float:
     return float((s[below - 1] + s[below]) / 2)
 
 
+@torch.inference_mode()
+def _route_half(model, x: torch.Tensor) -> torch.Tensor:
+    """Set the learned gate's threshold so that half of `x` takes the patched path; the routing mask."""
+    _, scores = model.decisions(x)
+    model.learned_gate.threshold.fill_(_split_threshold(scores, len(x) // 2))
+    routed, _ = model.decisions(x)
+    assert 0 < int(routed.sum()) < len(x)
+    return routed
+
 def test_original_mode_and_original_route_are_bit_exact(info):
     base, model, _ = _switched("resnet20", info)
     x = torch.rand(32, *info.image_shape)
@@ -58,10 +61,7 @@ def test_original_mode_and_original_route_are_bit_exact(info):
         model.learned_gate.threshold.fill_(1e9)  # nothing looks perturbed: all inputs take the original path
         assert torch.equal(model(x), expected)
         # a mixed batch: the inputs routed to the original path still match the original model bit for bit
-        routed, scores = model.decisions(x)
-        model.learned_gate.threshold.fill_(_split_threshold(scores, len(x) // 2))
-        routed, _ = model.decisions(x)
-        assert 0 < int(routed.sum()) < len(x)
+        routed = _route_half(model, x)
         out = model(x)
         assert torch.equal(out[~routed], expected[~routed])
         assert not torch.allclose(out[routed], expected[routed])
@@ -72,11 +72,7 @@ def test_input_gradients_through_a_mixed_batch(info):
     input gradients, the patched ones the patched model's (patched rows are written in place)."""
     base, model, _ = _switched("resnet20", info)
     x = torch.rand(16, *info.image_shape)
-    with torch.inference_mode():
-        _, scores = model.decisions(x)
-        model.learned_gate.threshold.fill_(_split_threshold(scores, len(x) // 2))
-        routed, _ = model.decisions(x)
-    assert 0 < int(routed.sum()) < len(x)
+    routed = _route_half(model, x)
 
     def input_grad(net):
         xg = x.clone().requires_grad_(True)
@@ -95,10 +91,7 @@ def test_per_sample_routing_equals_running_each_input_alone(arch, unit, info):
     _, model, _ = _switched(arch, info, unit=unit)
     x = torch.rand(12, *info.image_shape)
     with torch.inference_mode():
-        _, scores = model.decisions(x)
-        model.learned_gate.threshold.fill_(_split_threshold(scores, len(x) // 2))
-        routed, _ = model.decisions(x)
-        assert 0 < int(routed.sum()) < len(x)
+        routed = _route_half(model, x)
         batched = model(x)
         alone = torch.cat([model(x[i : i + 1]) for i in range(len(x))])
         alone_routes = torch.cat([model.decisions(x[i : i + 1])[0] for i in range(len(x))])
@@ -209,7 +202,7 @@ def test_depthwise_patch_reads_only_its_own_input_channel(info):
 
 def test_training_changes_only_the_patch_and_the_patched_statistics(info):
     torch.manual_seed(0)
-    base = _trained_bn(create_model("tinycnn", info), info.image_shape)
+    base = bn_trained(create_model("tinycnn", info), info.image_shape)
     net = PatchedNetwork(base, plan_patches(base, None, side="random", ratio=0.5).specs)
     before = {k: v.clone() for k, v in net.state_dict().items()}
     params = net.freeze_all_but_patch()

@@ -31,17 +31,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from deeppatch.attacks import NORMS, pgd
-from deeppatch.baseline_tools import (
-    EpochGenerator,
-    FinetuneParams,
-    fine_tune_all,
-    p_clean_field,
-    repair_cost,
-    stream_batches,
-)
-from deeppatch.corrector import Corrector, Repaired, RepairTask, Stopwatch, append_validator
+from deeppatch.corrector import Corrector, Repaired, RepairTask
 from deeppatch.errors import DeepPatchError
 from deeppatch.evaluation import accuracy
+from deeppatch.repair_tools import (
+    EpochGenerator,
+    FinetuneParams,
+    append_validator,
+    fine_tune,
+    maintenance_batches,
+    p_clean_field,
+)
 from deeppatch.seeding import make_generator
 
 LOSSES = ("pgd", "trades")
@@ -136,23 +136,19 @@ class AdversarialTraining(Corrector):
     description = "PGD adversarial training (Madry et al. 2018) or TRADES (Zhang et al. 2019), fine-tuning"
     paper = "Madry et al., ICLR 2018, doi 10.48550/arXiv.1706.06083; Zhang et al., ICML 2019 (TRADES)"
     Params = Params
+    test_params = {"epochs": 1, "steps": 2, "val_steps": 2}
 
     def repair(self, task: RepairTask) -> Repaired:
         p = self.params
-        with Stopwatch() as clock:
-            model = task.copy_model()
-            eps = p.radius(task.splits.info.in_channels)
-            alpha = p.step_size if p.step_size is not None else eps / 4
-            data = task.train_data()
-            epochs = task.epochs(p.epochs)
-            gen = EpochGenerator(task.seed, "adversarial", task.device)
-            batches, n = stream_batches(task, data, task.batch_size(p.batch_size), p.p_clean, "adversarial")
-            validate = {"robust": robust_validator(task, eps, alpha, p), "append": append_validator(task),
-                        "last": None}[p.select]
-            result, trainable = fine_tune_all(
-                task, model, tag="adversarial", epochs=epochs, batches=gen.wrap(batches), num_batches=n,
-                optim=p.optim(), step=AdversarialStep(p, eps, alpha, gen), validate=validate,
-                select="last" if p.select == "last" else "best")
-        settings = {"loss": p.loss, "norm": p.norm, "eps": eps, "step_size": alpha, "steps": p.steps,
-                    "select": p.select}
-        return Repaired(model, repair_cost(clock.elapsed, trainable, epochs, result, train_size=len(data), **settings))
+        eps = p.radius(task.splits.info.in_channels)
+        alpha = p.step_size if p.step_size is not None else eps / 4
+        data = task.train_data()
+        gen = EpochGenerator(task.seed, "adversarial", task.device)
+        batches = maintenance_batches(task, data, task.batch_size(p.batch_size), p_clean=p.p_clean,
+                                      purpose="adversarial")
+        validate = {"robust": robust_validator(task, eps, alpha, p), "append": append_validator(task),
+                    "last": None}[p.select]
+        return fine_tune(task, p, tag="adversarial", data=data, batches=gen.wrap(batches),
+                         step=AdversarialStep(p, eps, alpha, gen), validate=validate,
+                         select="last" if p.select == "last" else "best", loss=p.loss, norm=p.norm, eps=eps,
+                         step_size=alpha, steps=p.steps, select_rule=p.select)

@@ -3,17 +3,17 @@
 1. rDLMs: `n_rdlms` copies of the model under maintenance, each fine-tuned for `epochs` on its own
    subset of `subset_size` training images (contiguous slices k * floor((N - size) / n) as in the
    DeepPatch reference, or seeded random subsets), on the maintenance stream.
-2. Fixing: over a fixed perturbed copy of the training data (drawn once, spec bug 21), in seeded
+2. Fixing: over a fixed perturbed copy of the training data (drawn once, reference bug 21), in seeded
    batches of `fix_batch_size`: for every image the current model misclassifies and at least one
    rDLM classifies correctly, move every weight (BatchNorm statistics included) TOWARD the mean
    weights of the rDLMs that are correct on it, by `step * p_corr` (p_corr: the fraction of rDLMs
    that are correct), as the Apricot paper states ("adjusts each weight of this iDLM toward the
    average weight of these rDLMs correctly classifying the test case and/or away from that of
    these rDLMs misclassifying"; `strategy` picks toward, away or both). The DeepPatch reference
-   added step * p_corr * (w - mean), which pushes away from the correct rDLMs (spec bug 23).
+   added step * p_corr * (w - mean), which pushes away from the correct rDLMs (reference bug 23).
 3. A batch's adjustments are kept when the clean + perturbed val accuracy does not drop, else undone.
    The reference trained a full epoch after every batch of 20 (about 2,450 epochs per pass on
-   CIFAR) and then saved the pre-training weights (spec bug 23); here no retraining happens inside
+   CIFAR) and then saved the pre-training weights (reference bug 23); here no retraining happens inside
    the loop, and `final_epochs` > 0 adds one fine-tune on the maintenance stream at the end.
 """
 
@@ -24,19 +24,20 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from deeppatch.baseline_tools import (
+from deeppatch.corrector import Corrector, Repaired, RepairTask
+from deeppatch.data import TensorSplit
+from deeppatch.errors import DeepPatchError
+from deeppatch.repair_tools import (
     FinetuneParams,
+    append_validator,
     diagnostic,
     fine_tune_all,
+    maintenance_batches,
     p_clean_field,
     perturbed_pool,
     predict_logits,
-    repair_cost,
-    stream_batches,
+    training_details,
 )
-from deeppatch.corrector import Corrector, Repaired, RepairTask, Stopwatch, append_validator, count_params
-from deeppatch.data import TensorSplit
-from deeppatch.errors import DeepPatchError
 from deeppatch.seeding import make_generator
 
 STRATEGIES = ("toward-correct", "away-from-incorrect", "both")
@@ -132,6 +133,7 @@ class Apricot(Corrector):
     description = "Apricot (Zhang & Chan 2019): move weights toward reduced models that fix each failure"
     paper = "Zhang & Chan, ASE 2019, doi 10.1109/ASE.2019.00043"
     Params = Params
+    test_params = {"n_rdlms": 2, "subset_size": 50, "fix_batch_size": 50}
 
     def train_rdlms(self, task: RepairTask, data: TensorSplit) -> list[nn.Module]:
         p = self.params
@@ -139,9 +141,10 @@ class Apricot(Corrector):
         for k in range(p.n_rdlms):
             rdlm = task.copy_model()
             part = data.subset(subset_index(len(data), p.subset_size, k, p.n_rdlms, p.subsets, task.seed))
-            batches, n = stream_batches(task, part, task.batch_size(p.batch_size), p.p_clean, f"apricot-rdlm{k}")
+            bs = task.batch_size(p.batch_size)
+            batches = maintenance_batches(task, part, bs, p_clean=p.p_clean, purpose=f"apricot-rdlm{k}")
             fine_tune_all(task, rdlm, tag=f"apricot-rdlm{k}", epochs=task.epochs(p.epochs), batches=batches,
-                          num_batches=n, optim=p.optim(), select="last")
+                          num_batches=part.num_batches(bs), optim=p.optim(), select="last")
             rdlms.append(rdlm)
         return rdlms
 
@@ -180,31 +183,30 @@ class Apricot(Corrector):
 
     def repair(self, task: RepairTask) -> Repaired:
         p = self.params
-        with Stopwatch() as clock:
-            model = task.copy_model()
-            keys = state_keys(model)
-            data = task.train_data()
-            rdlms = self.train_rdlms(task, data)
-            pool = perturbed_pool(task, data, p.p_clean, "apricot")
-            weights = torch.stack([state_vector(r, keys) for r in rdlms])
-            correct = torch.stack([predict_logits(r, pool.x, task.eval_batch_size).argmax(1) == pool.y
-                                   for r in rdlms])
-            del rdlms
-            mean_all = weights.mean(0)
-            dist_start = float((state_vector(model, keys) - mean_all).norm())
-            stats, val_start, val_fixed = self.fix(task, model, keys, pool.x, pool.y, weights, correct)
-            dist_end = float((state_vector(model, keys) - mean_all).norm())
-            result = None
-            if p.final_epochs:
-                batches, n = stream_batches(task, data, task.batch_size(p.batch_size), p.p_clean, "apricot-final")
-                result, _ = fine_tune_all(task, model, tag="apricot-final", epochs=p.final_epochs, batches=batches,
-                                          num_batches=n, optim=p.optim())
-            model.eval()
+        model = task.copy_model()
+        keys = state_keys(model)
+        data = task.train_data()
+        rdlms = self.train_rdlms(task, data)
+        pool = perturbed_pool(task, data, p.p_clean, "apricot")
+        weights = torch.stack([state_vector(r, keys) for r in rdlms])
+        correct = torch.stack([predict_logits(r, pool.x, task.eval_batch_size).argmax(1) == pool.y
+                               for r in rdlms])
+        del rdlms
+        mean_all = weights.mean(0)
+        dist_start = float((state_vector(model, keys) - mean_all).norm())
+        stats, val_start, val_fixed = self.fix(task, model, keys, pool.x, pool.y, weights, correct)
+        dist_end = float((state_vector(model, keys) - mean_all).norm())
+        result = None
+        if p.final_epochs:
+            bs = task.batch_size(p.batch_size)
+            batches = maintenance_batches(task, data, bs, p_clean=p.p_clean, purpose="apricot-final")
+            result = fine_tune_all(task, model, tag="apricot-final", epochs=p.final_epochs, batches=batches,
+                                   num_batches=data.num_batches(bs), optim=p.optim())
+        model.eval()
         epochs = p.n_rdlms * task.epochs(p.epochs) + p.final_epochs
         details = {"n_rdlms": p.n_rdlms, "rdlm_epochs": task.epochs(p.epochs), "final_epochs": p.final_epochs,
                    "val_start": val_start, "val_after_fixing": val_fixed, "dist_to_rdlm_mean_start": dist_start,
                    "dist_to_rdlm_mean_end": dist_end, **vars(stats)}
         rows = [diagnostic(self.name, what, getattr(stats, what), len(pool))
                 for what in ("failing", "fixable", "adjusted", "kept_batches", "undone_batches")]
-        return Repaired(model, repair_cost(clock.elapsed, count_params(model.parameters()), epochs, result, **details),
-                        diagnostics=rows)
+        return Repaired(model, epochs=epochs, details=training_details(result, **details), diagnostics=rows)

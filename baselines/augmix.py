@@ -6,10 +6,10 @@ it at 3, which `depth=3` reproduces) at severity 3: autocontrast, equalize, post
 solarize, shear_x/y, translate_x/y. Chain weights ~ Dirichlet(alpha, ...), and the result is
 (1 - m) * image + m * mix with m ~ Beta(alpha, alpha), alpha 1. The loss is CE(clean) + 12 * JSD
 of the clean and the two augmented predictions. SGD with Nesterov momentum, lr 0.01, momentum 0.9,
-weight decay 5e-4, cosine per step down to 1e-6 (spec 5.6).
+weight decay 5e-4, cosine per step down to 1e-6 (docs/deeppatch.md, The reference's defaults).
 
 The operations run batched on [0, 1] tensors of ANY size: geometric ones as one per-sample affine
-grid, translation as a fraction of the image side (the reference hard-coded 32 px, spec bug 25).
+grid, translation as a fraction of the image side (the reference hard-coded 32 px, reference bug 25).
 Their magnitudes follow the official code's `augmentations.py` (levels drawn in [0.1, severity]).
 The base images are the maintenance stream (`p_clean` 0.5, the reference's blur-setting data);
 `p_clean = 1` gives AugMix on clean data only, as in the AugMix paper.
@@ -27,16 +27,9 @@ import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 from torch import nn
 
-from deeppatch.baseline_tools import (
-    EpochGenerator,
-    SGDParams,
-    fine_tune_all,
-    p_clean_field,
-    repair_cost,
-    stream_batches,
-)
-from deeppatch.corrector import Corrector, Repaired, RepairTask, Stopwatch
+from deeppatch.corrector import Corrector, Repaired, RepairTask
 from deeppatch.errors import DeepPatchError
+from deeppatch.repair_tools import EpochGenerator, SGDParams, fine_tune, maintenance_batches, p_clean_field
 
 # --------------------------------------------------------------------------------------------
 # operations: (images (n, C, H, W) in [0, 1], severity, generator) -> images
@@ -231,16 +224,13 @@ class AugMix(Corrector):
     description = "AugMix (Hendrycks et al. 2020): mixed augmentation chains + Jensen-Shannon consistency"
     paper = "Hendrycks et al., ICLR 2020, arXiv:1912.02781"
     Params = Params
+    test_params = {"epochs": 1}
 
     def repair(self, task: RepairTask) -> Repaired:
         p = self.params
-        with Stopwatch() as clock:
-            model = task.copy_model()
-            data = task.train_data()
-            epochs = task.epochs(p.epochs)
-            gen = EpochGenerator(task.seed, "augmix", task.device)
-            batches, n = stream_batches(task, data, task.batch_size(p.batch_size), p.p_clean, "augmix")
-            optim = p.optim(nesterov=p.nesterov, schedule="cosine-steps", eta_min=p.eta_min)
-            result, trainable = fine_tune_all(task, model, tag="augmix", epochs=epochs, batches=gen.wrap(batches),
-                                              num_batches=n, optim=optim, step=AugMixStep(p, gen))
-        return Repaired(model, repair_cost(clock.elapsed, trainable, epochs, result, train_size=len(data)))
+        data = task.train_data()
+        gen = EpochGenerator(task.seed, "augmix", task.device)
+        batches = maintenance_batches(task, data, task.batch_size(p.batch_size), p_clean=p.p_clean, purpose="augmix")
+        optim = p.optim(nesterov=p.nesterov, schedule="cosine-steps", eta_min=p.eta_min)
+        return fine_tune(task, p, tag="augmix", data=data, batches=gen.wrap(batches), optim=optim,
+                         step=AugMixStep(p, gen))

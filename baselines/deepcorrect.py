@@ -1,22 +1,23 @@
 """DeepCorrect (Borkar & Karam, IEEE TIP 2019): correction units on the most susceptible filters,
 without DeepPatch's switch (every input takes the corrected path).
 
-As in DeepPatch's re-implementation (spec 5.7): filters ranked by correction priority (``featswap``:
+As in DeepPatch's re-implementation (docs/deeppatch.md, The reference's defaults): filters ranked by correction priority (``featswap``:
 the accuracy recovered when a filter's distorted activation is replaced by its clean one), a
 residual correction unit (1x1 -> BN -> ReLU -> 3x3 -> BN -> ReLU -> 3x3 -> BN -> ReLU -> 1x1, plus
 identity) on the top ``ratio`` of every groups=1 conv, trained alone on clean + distorted data.
 Unlike the reference, the corrected channels are written back in place, so the frozen layers that
-follow see channels in their original order (spec bug 7).
+follow see channels in their original order (reference bug 7).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from deeppatch.corrector import Corrector, RepairCost, Repaired, RepairTask, Stopwatch
+from deeppatch.corrector import Corrector, Repaired, RepairTask, Restorer
+from deeppatch.technique import patching
 from deeppatch.technique.blame import METHODS
-from deeppatch.technique.corrector import DeepPatchParams, cached_ranking, train_patch
-from deeppatch.technique.patching import added_parameters
+from deeppatch.technique.deeppatch_corrector import DeepPatchParams, cached_ranking, train_patch
 
 
 @dataclass
@@ -38,16 +39,19 @@ class DeepCorrect(Corrector):
     description = "DeepCorrect (Borkar & Karam, TIP 2019): residual correction units, no switch"
     paper = "doi:10.1109/TIP.2019.2916541"
     Params = Params
+    test_params = {"epochs": 1}
 
     def repair(self, task: RepairTask) -> Repaired:
         p: Params = self.params
         dp = DeepPatchParams(blame=p.blame, unit="crtunit", ratio=p.ratio, epochs=p.epochs, lr=p.lr,
                              batch_size=p.batch_size, layers=list(p.layers), gate_epochs=0, gate="reference")
-        with Stopwatch() as watch:
-            ranking, _ = cached_ranking(task, p.blame)
-            network, extra = train_patch(task, dp, ranking)
+        ranking, _ = cached_ranking(task, p.blame)
+        network, extra = train_patch(task, dp, ranking)
         extra["mode"] = "patched"
-        trainable = sum(q.numel() for q in network.patch_parameters())
-        cost = RepairCost(watch.elapsed, trainable, added_parameters(network), extra["training"]["epochs_run"],
-                          details={"kept": extra["training"]["kept"]})
-        return Repaired(network, cost, kind="deepcorrect", extra=extra)
+        training = extra["training"]
+        return Repaired(network, epochs=training["epochs_run"] + training["resumed_from"],
+                        details={"kept": training["kept"]}, kind="deepcorrect", extra=extra)
+
+    @classmethod
+    def restorers(cls) -> Mapping[str, Restorer]:
+        return {"deepcorrect": patching.restore_from_record}

@@ -2,12 +2,12 @@
 
 Every candidate is scored by the Gini impurity of the model under maintenance,
 xi(x) = 1 - sum_i p_i(x)^2 with p = softmax(logits); the 10 % most impure candidates are kept and
-every parameter is fine-tuned on them for 40 epochs (spec 5.5 and 6), best epoch on append-val.
+every parameter is fine-tuned on them for 40 epochs (docs/deeppatch.md, The reference's defaults), best epoch on append-val.
 
 The candidates are ONE fixed perturbed copy of the training data (each image clean with probability
 0.5, else perturbed at a uniform condition of the maintenance family), generated once from a seeded
 generator, so the images trained on are exactly the images that were scored. The reference
-re-augmented a selected sample each time it was loaded (spec bug 21).
+re-augmented a selected sample each time it was loaded (reference bug 21).
 """
 
 from __future__ import annotations
@@ -18,17 +18,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deeppatch.baseline_tools import (
+from deeppatch.corrector import Corrector, Repaired, RepairTask
+from deeppatch.errors import DeepPatchError
+from deeppatch.repair_tools import (
     Selection,
     SelectionParams,
     diagnostic,
     perturbed_pool,
     predict_logits,
-    repair_cost,
     retrain_on_selection,
 )
-from deeppatch.corrector import Corrector, Repaired, RepairTask, Stopwatch
-from deeppatch.errors import DeepPatchError
 
 
 def gini_impurity(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
@@ -60,6 +59,7 @@ class DeepGini(Corrector):
     description = "DeepGini (Feng et al. 2020): retrain on the 10 % most impure (uncertain) perturbed samples"
     paper = "Feng et al., ISSTA 2020, doi 10.1145/3395363.3397357"
     Params = Params
+    test_params = {"epochs": 1}
 
     def select(self, task: RepairTask, model: nn.Module | None = None) -> Selection:
         """Score the fixed candidate pool with the model under maintenance (or its copy `model`)."""
@@ -71,13 +71,12 @@ class DeepGini(Corrector):
 
     def repair(self, task: RepairTask) -> Repaired:
         p = self.params
-        with Stopwatch() as clock:
-            model = task.copy_model()
-            selection = self.select(task, model)
-            result, trainable, n_train = retrain_on_selection(task, model, selection, p, "deepgini")
+        model = task.copy_model()
+        selection = self.select(task, model)
+        repaired = retrain_on_selection(task, model, selection, p, "deepgini")
         pool, index = selection.pool, selection.index
         picked = selection.scores[index]
-        details = {"candidates": len(pool), "selected": len(index), "train_size": n_train,
+        details = {"candidates": len(pool), "selected": len(index),
                    "impurity_selected_min": float(picked.min()) if len(index) else None,
                    "impurity_mean": float(selection.scores.mean()) if len(pool) else None}
         rows = [
@@ -87,5 +86,6 @@ class DeepGini(Corrector):
             diagnostic(self.name, "impurity_selected_mean", float(picked.mean()), len(index), metric="gini"),
             diagnostic(self.name, "impurity_mean", float(selection.scores.mean()), len(pool), metric="gini"),
         ] if len(index) else []
-        return Repaired(model, repair_cost(clock.elapsed, trainable, task.epochs(p.epochs), result, **details),
-                        diagnostics=rows)
+        repaired.details.update(details)
+        repaired.diagnostics.extend(rows)
+        return repaired

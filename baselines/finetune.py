@@ -10,14 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from deeppatch.baseline_tools import (
-    FinetuneParams,
-    fine_tune_all,
-    p_clean_field,
-    repair_cost,
-    stream_batches,
-)
-from deeppatch.corrector import Corrector, Repaired, RepairTask, Stopwatch
+from deeppatch.corrector import Corrector, Repaired, RepairTask
+from deeppatch.repair_tools import FinetuneParams, fine_tune, p_clean_field
 
 
 @dataclass
@@ -30,16 +24,9 @@ class Finetune(Corrector):
 
     name = "finetune"
     description = "fine-tune every parameter on the clean + perturbed maintenance stream"
-    paper = "DeepPatch reference (Wei et al., TOSEM 2023), section 5.1 of the spec"
+    paper = "DeepPatch reference (Wei et al., TOSEM 2023), the reference's finetune (docs/deeppatch.md)"
     Params = Params
+    test_params = {"epochs": 1}
 
     def repair(self, task: RepairTask) -> Repaired:
-        p = self.params
-        with Stopwatch() as clock:
-            model = task.copy_model()
-            data = task.train_data()
-            epochs = task.epochs(p.epochs)
-            batches, n = stream_batches(task, data, task.batch_size(p.batch_size), p.p_clean, "finetune")
-            result, trainable = fine_tune_all(task, model, tag="finetune", epochs=epochs, batches=batches,
-                                              num_batches=n, optim=p.optim())
-        return Repaired(model, repair_cost(clock.elapsed, trainable, epochs, result, train_size=len(data)))
+        return fine_tune(task, self.params, tag="finetune")

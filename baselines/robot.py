@@ -7,15 +7,15 @@ radius eps (Wang et al. 2019, "On the convergence and robustness of adversarial 
     FOL(x') = eps * ||g||_1 - <g, x' - x>,   g = grad_{x'} loss(f(x'), y),
 
 with the cross-entropy loss and the gradient taken at the generated test x'. The DeepPatch
-reference used (g - x) where the definition has (x' - x) (spec bug 24). Bi-end selection keeps the
+reference used (g - x) where the definition has (x' - x) (reference bug 24). Bi-end selection keeps the
 k lowest and the k highest FOL values (5,000 + 5,000 by default; when they would overlap, all the
 data, split between the ends in that ratio), then every parameter is fine-tuned on them for 40
-epochs (spec 5.4 and 6), best epoch on append-val.
+epochs (docs/deeppatch.md, The reference's defaults), best epoch on append-val.
 
 The tests are ONE fixed perturbed copy of the training data (clean with probability 0.5, else
 perturbed at a uniform condition of the maintenance family), generated once from a seeded
 generator: the seed x of each test is its clean training image, and the images trained on are the
-images scored (spec bug 21). For a clean candidate x' = x and FOL = eps * ||g||_1.
+images scored (reference bug 21). For a clean candidate x' = x and FOL = eps * ||g||_1.
 """
 
 from __future__ import annotations
@@ -26,16 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deeppatch.baseline_tools import (
-    Selection,
-    SelectionParams,
-    diagnostic,
-    perturbed_pool,
-    repair_cost,
-    retrain_on_selection,
-)
-from deeppatch.corrector import Corrector, Repaired, RepairTask, Stopwatch
+from deeppatch.corrector import Corrector, Repaired, RepairTask
 from deeppatch.errors import DeepPatchError
+from deeppatch.repair_tools import Selection, SelectionParams, diagnostic, perturbed_pool, retrain_on_selection
 
 
 def first_order_loss(model: nn.Module, x_gen: torch.Tensor, x_seed: torch.Tensor, y: torch.Tensor, eps: float,
@@ -89,6 +82,7 @@ class RobOT(Corrector):
     description = "RobOT (Wang et al. 2021): retrain on bi-end first-order-loss selected perturbed samples"
     paper = "Wang et al., ICSE 2021, doi 10.1109/ICSE43902.2021.00038"
     Params = Params
+    test_params = {"k_low": 20, "k_high": 20, "epochs": 1}
 
     def select(self, task: RepairTask, model: nn.Module | None = None) -> Selection:
         """FOL of every test of the fixed pool under the model under maintenance, then bi-end selection."""
@@ -100,15 +94,14 @@ class RobOT(Corrector):
 
     def repair(self, task: RepairTask) -> Repaired:
         p = self.params
-        with Stopwatch() as clock:
-            model = task.copy_model()
-            selection = self.select(task, model)
-            result, trainable, n_train = retrain_on_selection(task, model, selection, p, "robot")
+        model = task.copy_model()
+        selection = self.select(task, model)
+        repaired = retrain_on_selection(task, model, selection, p, "robot")
         pool, index = selection.pool, selection.index
         n_low, _ = bi_end_counts(len(pool), p.k_low, p.k_high)
         capped = p.k_low + p.k_high > len(pool)
         details = {"candidates": len(pool), "selected": len(index), "selected_low": n_low,
-                   "selected_high": len(index) - n_low, "capped": capped, "train_size": n_train, "eps": p.eps}
+                   "selected_high": len(index) - n_low, "capped": capped, "eps": p.eps}
         rows = [
             diagnostic(self.name, "selected", len(index), len(pool), capped=capped),
             diagnostic(self.name, "selected_perturbed", 100.0 * (pool.condition[index] >= 0).float().mean().item(),
@@ -118,5 +111,6 @@ class RobOT(Corrector):
             diagnostic(self.name, "fol_high_min", float(selection.scores[index[n_low:]].min()), len(index) - n_low,
                        metric="fol") if len(index) > n_low else None,
         ] if len(index) else []
-        return Repaired(model, repair_cost(clock.elapsed, trainable, task.epochs(p.epochs), result, **details),
-                        diagnostics=[r for r in rows if r is not None])
+        repaired.details.update(details)
+        repaired.diagnostics.extend(r for r in rows if r is not None)
+        return repaired

@@ -13,7 +13,7 @@ SENSEI's search space (rotation, translation, shear, zoom, brightness, contrast;
 
 Then every parameter is trained for 20 epochs on those images (SGD lr 0.01, momentum 0.9, weight
 decay 5e-4, cosine T_max 200 per epoch, batch 256), best epoch on the task's append-val. The
-reference never called its mutation/crossover, and its crossover swapped every gene (spec 5.2, bug
+reference never called its mutation/crossover, and its crossover swapped every gene (reference bug
 19): its search degenerated to the worst of 10 fixed random transforms. Here the search runs.
 The populations are saved in the work folder each epoch, so an interrupted repair resumes with them.
 SENSEI searches its own spatial space whatever the task's perturbation family is.
@@ -29,8 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deeppatch.baseline_tools import FinetuneParams, diagnostic, fine_tune_all, repair_cost
-from deeppatch.corrector import Corrector, Repaired, RepairTask, Stopwatch
+from deeppatch.corrector import Corrector, Repaired, RepairTask
 from deeppatch.data import TensorSplit, to_float
 from deeppatch.perturbations.spatial import (
     SENSEI_CROSSOVER_PROB,
@@ -42,6 +41,7 @@ from deeppatch.perturbations.spatial import (
     search_space,
     select_fittest,
 )
+from deeppatch.repair_tools import FinetuneParams, diagnostic, fine_tune
 from deeppatch.seeding import make_generator
 from deeppatch.storage import atomic_torch_save, safe_torch_load
 from deeppatch.training import Batch
@@ -84,12 +84,12 @@ class SenseiBatches:
         self.population: torch.Tensor | None = None  # (N, P, 7) on the CPU, worst first
         self.robust: torch.Tensor | None = None  # (N,) bool
         self.history: list[dict[str, float]] = []
-        self.state_path = task.state_path("sensei-population")
+        self.state_path = task.workspace.state_path("sensei-population")
 
     def parents(self, epoch: int) -> torch.Tensor:
         if self.population is not None:
             return self.population
-        if self.task.resume and self.state_path is not None and self.state_path.is_file():
+        if self.task.workspace.resume and self.state_path is not None and self.state_path.is_file():
             saved = safe_torch_load(self.state_path)
             if int(saved["epoch"]) == epoch:
                 return saved["parents"]
@@ -137,19 +137,17 @@ class Sensei(Corrector):
     description = "SENSEI (Gao et al. 2020): train on the worst spatial variant found by a genetic search"
     paper = "Gao et al., ICSE 2020, doi 10.1145/3377811.3380415"
     Params = Params
+    test_params = {"popsize": 4, "epochs": 1}
 
     def repair(self, task: RepairTask) -> Repaired:
         p = self.params
-        with Stopwatch() as clock:
-            model = task.copy_model()
-            data = task.train_data()
-            epochs = task.epochs(p.epochs)
-            batch_size = task.batch_size(p.batch_size)
-            source = SenseiBatches(task, model, data, p, batch_size)
-            result, trainable = fine_tune_all(task, model, tag="sensei", epochs=epochs, batches=source,
-                                              num_batches=data.num_batches(batch_size), optim=p.optim())
-        last = source.history[-1] if source.history else {}
-        rows = [diagnostic(self.name, "robust_fraction_last_epoch", 100.0 * last["robust_fraction"], len(data),
-                           metric="percent")] if last else []
-        return Repaired(model, repair_cost(clock.elapsed, trainable, epochs, result, train_size=len(data),
-                                           search=source.history), diagnostics=rows)
+        model = task.copy_model()
+        data = task.train_data()
+        source = SenseiBatches(task, model, data, p, task.batch_size(p.batch_size))
+        repaired = fine_tune(task, p, tag="sensei", model=model, data=data, batches=source)
+        repaired.details["search"] = source.history
+        if source.history:
+            repaired.diagnostics.append(diagnostic(self.name, "robust_fraction_last_epoch",
+                                                   100.0 * source.history[-1]["robust_fraction"], len(data),
+                                                   metric="percent"))
+        return repaired

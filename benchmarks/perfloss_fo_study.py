@@ -90,9 +90,9 @@ def repair_with(model, splits, family, ranking, args, device) -> dict[str, Any]:
     from deeppatch.corrector import Budget, RepairTask
     from deeppatch.data import stratified_subset
     from deeppatch.evaluation import perturbation_report
-    from deeppatch.technique.corrector import DeepPatchParams, patch_model
+    from deeppatch.technique.deeppatch_corrector import DeepPatchParams, patch_model
 
-    task = RepairTask(model=model, arch=ARCH, splits=splits, perturbation=family, device=device, seed=args.seed,
+    task = RepairTask(model=model, splits=splits, perturbation=family, device=device, seed=args.seed,
                       budget=Budget(args.crt_epoch, args.repair_train_subset, None), show_progress=False)
     switched, _ = patch_model(task, DeepPatchParams(epochs=args.crt_epoch, ratio=args.ratio), ranking)
     test = stratified_subset(splits.test, args.n_eval, args.seed)

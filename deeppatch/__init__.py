@@ -1,11 +1,30 @@
-"""DeepPatch: filter-level patching of CNNs with a runtime switch, and a benchmark harness."""
+"""DeepPatch: filter-level patching of CNNs with a runtime switch, and a benchmark harness.
 
-from deeppatch._robustbench_compat import install_autoattack_alias
+    import deeppatch as dp
+    data = dp.load_data("fashion_mnist")
+    model = dp.train("smallcnn", data, epochs=6)
+    fixed = dp.repair(model, data, "deeppatch", perturbation="blur", epochs=5)
+    table = dp.evaluate({"original": model, "deeppatch": fixed}, data, suites=["clean", "blur"])
+    dp.report(table, "reports/mine")
 
-__version__ = "0.1.0"
+See docs/python-api.md. The facade loads on first use of one of its names, so `import deeppatch`
+(and the CLI's start-up) does not pay for torch, the harness and the report until they are needed.
+"""
 
-# robustbench imports `autoattack`, which PyPI ships as `pyautoattack`; alias it once here so
-# `import robustbench` works anywhere after `import deeppatch`.
-install_autoattack_alias()
+from __future__ import annotations
 
-__all__ = ["__version__"]
+import importlib
+from typing import Any
+
+from deeppatch.versions import __version__
+
+API = ("load_data", "load_model", "train", "repair", "evaluate", "report", "get_corrector", "list_correctors",
+       "Data", "Budget")
+
+__all__ = ["__version__", *API]
+
+
+def __getattr__(name: str) -> Any:
+    if name in API:
+        return getattr(importlib.import_module("deeppatch.api"), name)  # lazy: see the module docstring
+    raise AttributeError(f"module 'deeppatch' has no attribute {name!r}")

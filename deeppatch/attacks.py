@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deeppatch.errors import DeepPatchError
+from deeppatch.errors import DeepPatchError, unknown_choice
 
 NORMS = ("Linf", "L2")
 
@@ -45,7 +45,7 @@ def pgd(
 ) -> torch.Tensor:
     """Maximise `loss_fn(model(x_adv), y)` (cross-entropy by default) within the eps-ball of x."""
     if norm not in NORMS:
-        raise DeepPatchError(f"unknown norm {norm!r}; valid choices: {', '.join(NORMS)}")
+        raise unknown_choice("norm", norm, NORMS)
     if eps < 0 or alpha <= 0 or steps < 0:
         raise DeepPatchError(f"PGD needs eps >= 0, step size > 0, steps >= 0 (got {eps}, {alpha}, {steps})")
     loss_fn = loss_fn or (lambda logits, target: F.cross_entropy(logits, target))

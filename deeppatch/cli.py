@@ -12,13 +12,22 @@ User errors print one line (``error: ...``) and exit with status 2.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from deeppatch import __version__
+from deeppatch.commands import bench as bench_commands
+from deeppatch.commands import maintenance as maintenance_commands
+from deeppatch.commands import report as report_commands
+from deeppatch.corrector import corrector_registry
+from deeppatch.data import dataset_registry
 from deeppatch.errors import DeepPatchError
+from deeppatch.models import MODELS
+from deeppatch.models.pretrained import RELEASE_FILES
+from deeppatch.perturbations import perturbation_names
+from deeppatch.pretrain import PretrainConfig, run_pretrain
+from deeppatch.suites import SUITES
+from deeppatch.versions import __version__
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -57,9 +66,6 @@ def _positive(kind: str, value: int | float | None) -> None:
 def cmd_list(args: argparse.Namespace) -> int:
     what = args.what
     if what == "models":
-        from deeppatch.models import MODELS
-        from deeppatch.models.pretrained import RELEASE_FILES
-
         for name in sorted(MODELS):
             entry = MODELS[name]
             pre = sorted(d for d, m in RELEASE_FILES if m == name)
@@ -67,34 +73,21 @@ def cmd_list(args: argparse.Namespace) -> int:
             print(f"{name:20s} {entry.family:13s} {entry.description} [{tag}]")
         print("robustbench:<name>   robustbench   any RobustBench model zoo entry (e.g. robustbench:Standard)")
     elif what == "datasets":
-        from deeppatch.data import dataset_registry
-
         for name, cls in sorted(dataset_registry().items()):
             print(f"{name:15s} {cls.description}")
     elif what == "correctors":
-        from deeppatch.corrector import corrector_registry
-
         for name, cls in sorted(corrector_registry().items()):
             print(f"{name:13s} {cls.summary()}")
     elif what == "suites":
-        import importlib
-
-        from deeppatch.suites import SUITES
-
-        for name, path in sorted(SUITES.items()):
-            module, _, cls = path.partition(":")
-            doc = (importlib.import_module(module).__doc__ or "").strip().splitlines()
-            print(f"{name:12s} {doc[0] if doc else path}")
+        for name, cls in sorted(SUITES.items()):
+            doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()
+            print(f"{name:12s} {doc[0] if doc else cls.__name__}")
     elif what == "perturbations":
-        from deeppatch.perturbations import perturbation_names
-
         print("\n".join(perturbation_names()))
     return 0
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from deeppatch.pretrain import PretrainConfig, run_pretrain
-
     for kind, v in (("-b/--batch_size", args.batch_size), ("--lr", args.lr), ("-e/--max_epoch", args.max_epoch),
                     ("--train-subset", args.train_subset)):
         _positive(kind, v)
@@ -138,23 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train on a seeded, stratified subset of this many images")
     p.set_defaults(func=cmd_pretrain)
 
-    for register in _stage_registrars():
+    for register in (maintenance_commands.register, bench_commands.register, report_commands.register):
         register(sub, _add_common)
     return parser
-
-
-def _stage_registrars() -> list[Callable]:
-    """Sub-commands defined next to the code they run (assess/correct/evaluate, bench, report)."""
-    import importlib
-
-    registrars = []
-    for module in ("deeppatch.technique.commands", "deeppatch.harness.commands", "deeppatch.report.commands"):
-        try:
-            registrars.append(importlib.import_module(module).register)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-    return registrars
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -173,10 +152,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and friends
         sys.stderr.close()
         return 0
-
-
-def print_json(obj: object) -> None:
-    print(json.dumps(obj, indent=2, sort_keys=True))
 
 
 if __name__ == "__main__":

@@ -1,18 +1,28 @@
-"""The Corrector interface, its registry, and the pieces every corrector shares.
+"""The Corrector interface and its registry: what every repair method implements.
 
-A corrector turns a model under maintenance into a repaired model::
+A corrector turns a model under maintenance into a repaired model. Its contract is one method::
 
-    corrector = get_corrector("finetune", lr=0.01)
-    repaired = corrector.repair(task)          # -> Repaired(model, cost, ...)
+    class MyCorrector(Corrector):
+        name = "mine"
+        description = "one line that `deeppatch list correctors` shows"
+        def repair(self, task: RepairTask) -> Repaired:
+            model = task.copy_model()
+            ...                                  # train on task.train_data(), select on task.splits.val
+            return Repaired(model)
+
+    get_corrector("finetune", lr=0.01)           # an instance, its parameters checked
+
+`run_repair` calls `repair`, times it and counts the trainable and added parameters, so no corrector
+does its own book-keeping. Correctors never read the test split and never modify `task.model`; the
+contract test (tests/test_corrector_contract.py) checks every registered corrector with the tiny
+parameters it carries in `test_params`.
 
 Plug-ins: every file in ``baselines/`` (or a folder named by ``DEEPPATCH_BASELINES_PATH`` or a
 benchmark spec's ``plugin_dirs``) that defines a `Corrector` subclass with a `name` adds a corrector;
-installed packages add theirs through the ``deeppatch.correctors`` entry-point group. DeepPatch
-itself is built in. Hyperparameters are a dataclass (`Params`) whose fields carry defaults, types
-and ``metadata={"help": ..., "choices": ..., "min": ..., "max": ...}``; values from a spec or the
-command line are converted and checked by `parse_params`.
-
-Correctors never touch the test split and never modify `task.model` in place.
+installed packages add theirs through the ``deeppatch.correctors`` entry-point group, which is also
+how DeepPatch itself registers (see pyproject.toml). Hyperparameters are a dataclass (`Params`)
+whose fields carry defaults, types and ``metadata={"help": ..., "choices": ..., "min": ..., "max": ...}``;
+values from a spec, the command line or Python are converted and checked by `parse_params`.
 """
 
 from __future__ import annotations
@@ -27,22 +37,20 @@ import typing
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from deeppatch.data import Splits, TensorSplit, stratified_subset, to_float
+from deeppatch.data import Splits, TensorSplit, stratified_subset
 from deeppatch.errors import DeepPatchError, unknown_choice
-from deeppatch.evaluation import accuracy
 from deeppatch.perturbations.base import Perturbation
 from deeppatch.plugins import discover
 from deeppatch.results import SuiteRow
-from deeppatch.seeding import make_generator
-from deeppatch.training import BatchSource, OptimConfig, StepFn, TrainLoop, TrainResult, cross_entropy_step
+from deeppatch.storage import Workspace
 
 ENTRY_POINT_GROUP = "deeppatch.correctors"
+Restorer = Callable[[Mapping[str, Any]], nn.Module]
 
 
 # --------------------------------------------------------------------------------------------
@@ -56,23 +64,25 @@ class Budget:
     epochs: int | None = None
     train_subset: int | None = None  # a seeded, stratified subset of the train split
     batch_size: int | None = None
+    eval_batch_size: int = 512  # inference batches (validation, scoring); memory, not results
 
 
 @dataclass
 class RepairTask:
+    """Everything a repair may use: the model, the clean train/val splits, the maintenance family."""
+
     model: nn.Module  # the model under maintenance, [0, 1] pixels in, logits out
-    arch: str  # its zoo name (or "robustbench:<name>")
     splits: Splits  # clean train / val / test; correctors use train and val only
     perturbation: Perturbation  # the maintenance perturbation family
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     seed: int = 2021
     budget: Budget = field(default_factory=Budget)
-    work_dir: Path | None = None  # training state for resume, scratch files
-    resume: bool = False
+    workspace: Workspace = field(default_factory=Workspace)  # resume state and shared caches
     show_progress: bool | None = None
-    eval_batch_size: int = 512
-    cache_dir: Path | None = None  # artefacts shared between repairs (blame rankings), keyed by config
-    model_key: str | None = None  # identifies the model under maintenance for those caches
+
+    @property
+    def eval_batch_size(self) -> int:
+        return self.budget.eval_batch_size
 
     def copy_model(self) -> nn.Module:
         """A private copy of the model under maintenance, on the task's device."""
@@ -89,41 +99,40 @@ class RepairTask:
     def batch_size(self, default: int) -> int:
         return default if self.budget.batch_size is None else int(self.budget.batch_size)
 
-    def state_path(self, tag: str) -> Path | None:
-        return None if self.work_dir is None else Path(self.work_dir) / f"{tag}.state.pt"
-
     def cached_json(self, kind: str, config: dict[str, Any], compute: Callable[[], Any]) -> Any:
-        """`compute()` once per (model under maintenance, kind, config); stored as JSON under cache_dir.
-
-        Without a cache_dir or a model_key it simply computes.
-        """
-        if self.cache_dir is None or self.model_key is None:
-            return compute()
-        from deeppatch.harness.store import cached_json
-
-        key = {"model": self.model_key, "kind": kind, "seed": self.seed, "perturbation": self.perturbation.name,
+        """`compute()` once per (model under maintenance, kind, config, data); see `Workspace`."""
+        key = {"seed": self.seed, "perturbation": self.perturbation.name,
                "conditions": list(self.perturbation.conditions), "val": len(self.splits.val), **config}
-        return cached_json(Path(self.cache_dir) / kind, key, compute)
+        return self.workspace.cached_json(kind, key, compute)
+
+
+@dataclass
+class Repaired:
+    """What `Corrector.repair` returns. `Repaired(model)` alone is enough.
+
+    epochs: training epochs run (for the rows); details: free-form facts for the cost record
+    (selection outcome, pool sizes); kind/extra: how to save and rebuild a model that is not a
+    plain zoo architecture (see `Corrector.restorers`); diagnostics: rows measured during the repair
+    (validation only).
+    """
+
+    model: nn.Module
+    epochs: int = 0
+    details: dict[str, Any] = field(default_factory=dict)
+    kind: str = "plain"
+    extra: dict[str, Any] = field(default_factory=dict)
+    diagnostics: list[SuiteRow] = field(default_factory=list)
 
 
 @dataclass
 class RepairCost:
+    """What a repair cost, measured by `run_repair` (not by the corrector)."""
+
     wall_time_s: float
     trainable_params: int
     added_params: int
     epochs: int
     details: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class Repaired:
-    """A repaired model and what it cost; `kind`/`extra` say how to save and rebuild it."""
-
-    model: nn.Module
-    cost: RepairCost
-    kind: str = "plain"
-    extra: dict[str, Any] = field(default_factory=dict)
-    diagnostics: list[SuiteRow] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------------------------
@@ -213,44 +222,79 @@ def parse_params(params_cls: type, values: Mapping[str, Any], owner: str) -> Any
         raise DeepPatchError(text if text.startswith(owner) else f"{owner}: {text}") from None
 
 
-def param_table(params_cls: type) -> list[dict[str, Any]]:
-    """Name, type, default and help of every hyperparameter (for docs and --help)."""
-    hints = typing.get_type_hints(params_cls)
-    rows = []
-    for f in dataclasses.fields(params_cls):
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-        rows.append({"name": f.name, "type": getattr(hints[f.name], "__name__", str(hints[f.name])),
-                     "default": default, "help": f.metadata.get("help", ""),
-                     "choices": f.metadata.get("choices")})
-    return rows
-
-
 # --------------------------------------------------------------------------------------------
 # the interface
 
 
 class Corrector(ABC):
-    """Subclass, set `name`, `description`, `Params`, implement `repair`. See baselines/README.md."""
+    """Subclass, set `name`, `Params`, implement `repair`. See baselines/README.md."""
 
     name: ClassVar[str]
     description: ClassVar[str] = ""
     paper: ClassVar[str] = ""
     Params: ClassVar[type] = NoParams
+    test_params: ClassVar[Mapping[str, Any]] = {}  # tiny settings for the contract test (CPU, seconds)
 
     def __init__(self, **params: Any) -> None:
         self.params = parse_params(self.Params, params, f"corrector {self.name!r}")
 
     @abstractmethod
     def repair(self, task: RepairTask) -> Repaired:
-        """Return a repaired model; must not modify `task.model`."""
+        """Return a repaired model; must not modify `task.model` nor read `task.splits.test`."""
+
+    def evaluation_rows(self, model: nn.Module, test: TensorSplit, family: Perturbation, device: torch.device,
+                        batch_size: int) -> list[SuiteRow]:
+        """Extra rows this corrector measures on a repaired model (e.g. DeepPatch's routing); none by default."""
+        return []
+
+    @classmethod
+    def restorers(cls) -> Mapping[str, Restorer]:
+        """Checkpoint kinds (`Repaired.kind`) this corrector saves, with how to rebuild each from its record."""
+        return {}
 
     def params_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self.params)
 
     @classmethod
     def summary(cls) -> str:
-        return cls.description or (cls.__doc__ or "").strip().splitlines()[0]
+        """One line for listings: the description, else the class docstring's first line."""
+        if cls.description:
+            return cls.description
+        lines = (cls.__doc__ or "").strip().splitlines()
+        return lines[0] if lines else "(no description)"
+
+
+def count_params(params: Iterable[nn.Parameter]) -> int:
+    return sum(p.numel() for p in params)
+
+
+def stored_numbers(model: nn.Module) -> int:
+    """Parameters plus floating-point buffers (BatchNorm statistics): what a checkpoint must store."""
+    return count_params(model.parameters()) + sum(b.numel() for b in model.buffers() if b.is_floating_point())
+
+
+def run_repair(corrector: Corrector, task: RepairTask) -> tuple[Repaired, RepairCost]:
+    """Run `corrector.repair(task)`, timed; count trainable (requires_grad) and added parameters.
+
+    Correctors freeze (requires_grad=False) what they did not train. Added parameters are the numbers
+    the repaired model stores beyond the model under maintenance (parameters and BN statistics of a
+    patch, a gate, a second model), so a second set of BN statistics counts as added.
+    """
+    t0 = time.perf_counter()
+    out = corrector.repair(task)
+    wall = time.perf_counter() - t0
+    if isinstance(out, nn.Module):
+        out = Repaired(out)
+    if not isinstance(out, Repaired) or not isinstance(out.model, nn.Module):
+        raise DeepPatchError(f"corrector {corrector.name!r} returned {type(out).__name__}, not Repaired(model)")
+    model = out.model
+    cost = RepairCost(
+        wall_time_s=wall,
+        trainable_params=count_params(p for p in model.parameters() if p.requires_grad),
+        added_params=max(0, stored_numbers(model) - stored_numbers(task.model)),
+        epochs=int(out.epochs), details=dict(out.details),
+    )
+    return out, cost
 
 
 def _entry_point_correctors() -> dict[str, type[Corrector]]:
@@ -267,11 +311,9 @@ def _entry_point_correctors() -> dict[str, type[Corrector]]:
 
 
 def corrector_registry(extra_dirs: Iterable[str | os.PathLike] = ()) -> dict[str, type[Corrector]]:
-    """Built-in DeepPatch + baselines/ plug-ins + extra folders + entry points, by name."""
-    from deeppatch.technique.corrector import DeepPatchCorrector
-
-    registry: dict[str, type[Corrector]] = {DeepPatchCorrector.name: DeepPatchCorrector}
-    for source in (discover("baselines", Corrector, extra_dirs), _entry_point_correctors()):
+    """Installed correctors (entry points, DeepPatch among them) + baselines/ + extra folders, by name."""
+    registry: dict[str, type[Corrector]] = {}
+    for source in (_entry_point_correctors(), discover("baselines", Corrector, extra_dirs)):
         for name, cls in source.items():
             if name in registry and registry[name] is not cls:
                 raise DeepPatchError(f"two correctors are named {name!r}: {registry[name].__module__} and "
@@ -280,92 +322,17 @@ def corrector_registry(extra_dirs: Iterable[str | os.PathLike] = ()) -> dict[str
     return registry
 
 
-def get_corrector(name: str, params: Mapping[str, Any] | None = None,
-                  extra_dirs: Iterable[str | os.PathLike] = ()) -> Corrector:
-    registry = corrector_registry(extra_dirs)
+def get_corrector(name: str, /, *, plugin_dirs: Iterable[str | os.PathLike] = (), **params: Any) -> Corrector:
+    """An instance of corrector `name` with `params` checked, e.g. ``get_corrector("finetune", lr=0.01)``."""
+    registry = corrector_registry(plugin_dirs)
     if name not in registry:
         raise unknown_choice("corrector", name, registry)
-    return registry[name](**dict(params or {}))
+    return registry[name](**params)
 
 
-# --------------------------------------------------------------------------------------------
-# shared pieces of repair
-
-
-def count_params(params: Iterable[nn.Parameter]) -> int:
-    return sum(p.numel() for p in params)
-
-
-def maintenance_batches(task: RepairTask, data: TensorSplit, batch_size: int, *, p_clean: float = 0.5,
-                        purpose: str = "maintenance") -> BatchSource:
-    """Per epoch: shuffled batches, each image clean with probability `p_clean`, else perturbed at a
-    uniformly drawn condition of the task's family (the reference's ``random`` mode), all seeded."""
-    family = task.perturbation
-
-    def batches(epoch: int):
-        order = make_generator(task.seed, purpose, "order", epoch)
-        noise = make_generator(task.seed, purpose, "noise", epoch)
-        for x, y in data.batches(batch_size, device=task.device, shuffle=True, generator=order):
-            if p_clean < 1.0:
-                x, _ = family.random_mix(x, noise, p_clean)
-            yield x, y
-
-    return batches
-
-
-@dataclass
-class PerturbedVal:
-    """Fixed validation sets: clean val and each condition of the family (generated once)."""
-
-    clean: TensorSplit
-    perturbed: TensorSplit  # all conditions concatenated ("expand" mode)
-
-    @property
-    def append(self) -> TensorSplit:
-        """Clean followed by every condition: the reference's ``append`` selection set."""
-        return TensorSplit(torch.cat([to_float(self.clean.x), self.perturbed.x]),
-                           torch.cat([self.clean.y, self.perturbed.y]))
-
-
-def perturbed_val(task: RepairTask) -> PerturbedVal:
-    val = task.splits.val.to(task.device)
-    gen = make_generator(task.seed, "perturbed-val")
-    return PerturbedVal(val, task.perturbation.expand(val, device=task.device, generator=gen))
-
-
-def append_validator(task: RepairTask, pv: PerturbedVal | None = None):
-    """Validation accuracy on clean + all perturbed val images (the reference's selection rule)."""
-    data = (pv or perturbed_val(task)).append
-
-    def validate(model: nn.Module) -> float:
-        return accuracy(model, data, batch_size=task.eval_batch_size, device=task.device)
-
-    return validate
-
-
-def train_model(
-    task: RepairTask, model: nn.Module, params: list[nn.Parameter], *, tag: str, epochs: int,
-    batches: BatchSource, num_batches: int, optim: OptimConfig | None = None, step: StepFn = cross_entropy_step,
-    validate=None, select: str = "best", set_train_mode=None,
-) -> TrainResult:
-    """Run the shared training loop with the task's device, seed, checkpoints and resume."""
-    loop = TrainLoop(
-        model=model, params=params, batches=batches, num_batches=num_batches, epochs=epochs,
-        optim=optim or OptimConfig(), device=task.device, step=step, validate=validate, select=select,
-        checkpoint_path=task.state_path(tag), resume=task.resume, seed=task.seed, desc=tag,
-        show_progress=task.show_progress,
-        **({"set_train_mode": set_train_mode} if set_train_mode is not None else {}),
-    )
-    return loop.run()
-
-
-class Stopwatch:
-    """Wall time of a repair."""
-
-    def __enter__(self) -> Stopwatch:
-        self.start = time.perf_counter()
-        self.elapsed = 0.0
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.elapsed = time.perf_counter() - self.start
+def checkpoint_restorers(extra_dirs: Iterable[str | os.PathLike] = ()) -> dict[str, Restorer]:
+    """Every checkpoint kind the registered correctors save, with its restorer."""
+    out: dict[str, Restorer] = {}
+    for cls in corrector_registry(extra_dirs).values():
+        out.update(cls.restorers())
+    return out

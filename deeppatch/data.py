@@ -175,7 +175,7 @@ def stratified_val_split(
     labels: torch.Tensor, val_fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Train/val indices: a stratified, seeded slice (sklearn's train_test_split, as the reference)."""
-    from sklearn.model_selection import train_test_split
+    from sklearn.model_selection import train_test_split  # lazy: scikit-learn costs seconds to import
 
     if not 0.0 < val_fraction < 1.0:
         raise DeepPatchError(f"val fraction must be in (0, 1), got {val_fraction}")
@@ -197,7 +197,7 @@ def stratified_subset(split: TensorSplit, n: int | None, seed: int) -> TensorSpl
         return split
     if n <= 0:
         raise DeepPatchError(f"subset size must be positive, got {n}")
-    from sklearn.model_selection import train_test_split
+    from sklearn.model_selection import train_test_split  # lazy: scikit-learn costs seconds to import
 
     y = split.y.cpu().numpy()
     counts = np.bincount(y)

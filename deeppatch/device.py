@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from deeppatch.errors import DeepPatchError
+from deeppatch.errors import DeepPatchError, unknown_choice
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
@@ -15,7 +15,7 @@ def resolve_device(name: str = "auto", gpu: int | None = None) -> torch.device:
     if name.startswith("cuda:"):
         name, gpu = "cuda", int(name.split(":", 1)[1])
     if name not in DEVICE_CHOICES:
-        raise DeepPatchError(f"unknown device {name!r}; valid choices: {', '.join(DEVICE_CHOICES)}")
+        raise unknown_choice("device", name, DEVICE_CHOICES)
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cpu":

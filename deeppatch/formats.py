@@ -95,7 +95,7 @@ def load_cifar_python(
     `download_cls` is torchvision's dataset class (CIFAR10/CIFAR100): its constructor downloads
     the archive, checks the md5 and extracts it. Reading is ours (restricted unpickler).
     """
-    import torch
+    import torch  # lazy: reading upstream formats' headers must not pay for a torch import
 
     base = Path(root) / folder
     missing = [f for f in files if not (base / f).is_file()]

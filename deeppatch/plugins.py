@@ -18,7 +18,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TypeVar
 
-from deeppatch.errors import DeepPatchError
+from deeppatch.errors import DeepPatchError, unknown_choice
 
 T = TypeVar("T")
 
@@ -28,7 +28,7 @@ PLUGIN_KINDS = ("datasets", "baselines")
 def builtin_plugin_dir(kind: str) -> Path:
     """The folder of built-in plug-ins: the checkout's top-level folder, else the wheel's copy."""
     if kind not in PLUGIN_KINDS:
-        raise DeepPatchError(f"unknown plug-in kind {kind!r}; valid choices: {', '.join(PLUGIN_KINDS)}")
+        raise unknown_choice("plug-in kind", kind, PLUGIN_KINDS)
     package = Path(__file__).resolve().parent
     checkout = package.parent / kind
     if checkout.is_dir() and (package.parent / "pyproject.toml").is_file():

@@ -12,14 +12,27 @@ from typing import Any
 import torch
 from torch import nn
 
-from deeppatch.data import DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION, Splits, get_dataset_source, load_splits
+from deeppatch.data import (
+    DEFAULT_SPLIT_SEED,
+    DEFAULT_VAL_FRACTION,
+    Splits,
+    get_dataset_source,
+    load_splits,
+    stratified_subset,
+)
 from deeppatch.device import resolve_device
-from deeppatch.errors import DeepPatchError
+from deeppatch.errors import DeepPatchError, unknown_choice
 from deeppatch.evaluation import accuracy, perturbation_report
 from deeppatch.models import create_model
 from deeppatch.models.checkpoint import load_model, save_model
 from deeppatch.models.pretrained import has_pretrained, load_pretrained
 from deeppatch.models.registry import check_model_name
+from deeppatch.models.robustbench_models import (
+    default_model_dir,
+    load_robustbench_model,
+    parse_model_spec,
+    robustbench_extra,
+)
 from deeppatch.paths import pretrained_path, run_dir
 from deeppatch.perturbations import get_perturbation
 from deeppatch.seeding import make_generator, seed_everything
@@ -62,8 +75,6 @@ def train_from_scratch(model: nn.Module, splits: Splits, cfg: PretrainConfig, de
     """Plain supervised training of `model` on clean train data, best epoch on val accuracy."""
     train = splits.train
     if cfg.train_subset:
-        from deeppatch.data import stratified_subset
-
         train = stratified_subset(train, cfg.train_subset, cfg.seed)
     train = train.to(device)
 
@@ -90,8 +101,6 @@ def obtain_model(cfg: PretrainConfig, splits: Splits, device: torch.device, stat
     Returns (model, where it came from, the training summary or None).
     """
     if cfg.model.startswith("robustbench:"):
-        from deeppatch.models.robustbench_models import default_model_dir, load_robustbench_model, parse_model_spec
-
         name, threat = parse_model_spec(cfg.model)
         model = load_robustbench_model(name, cfg.dataset, default_model_dir(), threat, download=cfg.download)
         return model, f"RobustBench model zoo ({threat})", None
@@ -111,7 +120,7 @@ def obtain_model(cfg: PretrainConfig, splits: Splits, device: torch.device, stat
 def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     """Load or train the model, evaluate clean + blur, write checkpoint and metrics JSON."""
     if cfg.weights not in WEIGHTS_CHOICES:
-        raise DeepPatchError(f"unknown --weights {cfg.weights!r}; valid choices: {', '.join(WEIGHTS_CHOICES)}")
+        raise unknown_choice("--weights", cfg.weights, WEIGHTS_CHOICES)
     check_model_name(cfg.model)  # unknown names fail before anything is read or written
     get_dataset_source(cfg.dataset)
     device = resolve_device(cfg.device, cfg.gpu)
@@ -123,7 +132,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
                          split_seed=cfg.split_seed)
     ckpt = pretrained_path(cfg.output_dir, cfg.dataset, cfg.model)
     state_path = out / "pretrain.state.pt"
-    epochs = cfg.epochs if cfg.epochs is not None else _default_epochs(cfg.dataset)
+    epochs = cfg.epochs if cfg.epochs is not None else default_epochs(cfg.dataset)
     if cfg.resume and ckpt.is_file() and not state_path.is_file():
         model = load_model(ckpt, expect_arch=cfg.model, expect_dataset=cfg.dataset).model
         source, training = "existing checkpoint", None
@@ -157,11 +166,10 @@ def checkpoint_extra(model: str, dataset: str) -> dict[str, Any]:
     """What a checkpoint of a model under maintenance needs to rebuild it."""
     if not model.startswith("robustbench:"):
         return {}
-    from deeppatch.models.robustbench_models import parse_model_spec, robustbench_extra
 
     name, threat = parse_model_spec(model)
     return robustbench_extra(name, dataset, threat)
 
 
-def _default_epochs(dataset: str) -> int:
+def default_epochs(dataset: str) -> int:
     return int(get_dataset_source(dataset).default_epochs)

@@ -7,10 +7,15 @@ per grid cell. `rows_to_frame` turns rows into a pandas DataFrame with the colum
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
+
+import pandas as pd
+
+from deeppatch.errors import DeepPatchError
+from deeppatch.storage import atomic_write_text
 
 # Every full row has exactly these keys (values JSON-serialisable).
 COLUMNS = (
@@ -54,11 +59,6 @@ class SuiteRow:
         return asdict(self)
 
 
-def params_hash(params: dict[str, Any]) -> str:
-    text = json.dumps(params, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
 def complete_row(row: SuiteRow, cell: dict[str, Any]) -> dict[str, Any]:
     """Merge a suite row with the cell's identity, cost and provenance into a full row."""
     full = {c: None for c in COLUMNS}
@@ -74,7 +74,6 @@ def complete_row(row: SuiteRow, cell: dict[str, Any]) -> dict[str, Any]:
 
 
 def rows_to_frame(rows: list[dict[str, Any]]):
-    import pandas as pd
 
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
     return frame
@@ -90,18 +89,12 @@ def rows_to_frame(rows: list[dict[str, Any]]):
 
 def write_cell_rows(results_dir, cell_key: str, rows: list[dict[str, Any]]) -> None:
     """Write one cell's rows atomically (a reader sees all of them or none)."""
-    from pathlib import Path
-
-    from deeppatch.storage import atomic_write_text
 
     text = "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in rows)
     atomic_write_text(text, Path(results_dir) / "rows" / f"{cell_key}.jsonl")
 
 
 def read_rows(results_dir) -> list[dict[str, Any]]:
-    from pathlib import Path
-
-    from deeppatch.errors import DeepPatchError
 
     folder = Path(results_dir) / "rows"
     if not folder.is_dir():
@@ -124,7 +117,6 @@ def load_rows(results_dir):
 
 
 def read_manifest(results_dir) -> dict[str, Any]:
-    from pathlib import Path
 
     path = Path(results_dir) / "manifest.json"
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}

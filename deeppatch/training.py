@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deeppatch.errors import DeepPatchError
+from deeppatch.errors import DeepPatchError, unknown_choice
 from deeppatch.progress import progress
 from deeppatch.seeding import derive_seed
 from deeppatch.storage import atomic_torch_save, safe_torch_load
@@ -60,7 +60,7 @@ class OptimConfig:
         if self.weight_decay < 0:
             raise DeepPatchError(f"weight decay must be >= 0, got {self.weight_decay}")
         if self.schedule not in SCHEDULES:
-            raise DeepPatchError(f"unknown schedule {self.schedule!r}; valid choices: {', '.join(SCHEDULES)}")
+            raise unknown_choice("schedule", self.schedule, SCHEDULES)
         if self.nesterov and self.momentum == 0:
             raise DeepPatchError("nesterov needs momentum > 0")
 
@@ -104,7 +104,7 @@ class TrainLoop:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     step: StepFn = cross_entropy_step
     validate: ValidateFn | None = None
-    select: str = "best"  # "best" on `validate`, or "last"
+    select: str = "auto"  # "best" on `validate`, "last", or "auto": best when `validate` is given, else last
     compare_to_start: bool = True  # score the starting model too (the reference's rule)
     checkpoint_path: Path | None = None
     resume: bool = False
@@ -115,12 +115,16 @@ class TrainLoop:
     channels_last: bool = True
     show_progress: bool | None = None
 
+    def __post_init__(self) -> None:
+        if self.select == "auto":
+            self.select = "best" if self.validate is not None else "last"
+
     def _check(self) -> None:
         self.optim.validate()
         if self.epochs < 0:
             raise DeepPatchError(f"epochs must be >= 0, got {self.epochs}")
         if self.select not in ("best", "last"):
-            raise DeepPatchError(f"unknown selection rule {self.select!r}; valid choices: best, last")
+            raise unknown_choice("selection rule", self.select, ("auto", "best", "last"))
         if self.select == "best" and self.validate is None:
             raise DeepPatchError("best-epoch selection needs a validation function")
         if not self.params:

@@ -8,6 +8,9 @@ from functools import cache
 from pathlib import Path
 
 import torch
+import torchvision
+
+__version__ = "0.1.0"  # keep equal to pyproject.toml's version (tests/test_layering.py checks)
 
 
 @cache
@@ -22,10 +25,6 @@ def git_commit() -> str | None:
 
 
 def environment_versions() -> dict[str, str | None]:
-    import torchvision
-
-    from deeppatch import __version__
-
     return {"deeppatch": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
             "python": platform.python_version(), "git_commit": git_commit()}
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import torch
 
+from deeppatch.corrector import Corrector, RepairTask, get_corrector, run_repair
 from deeppatch.models import create_model
 
 
@@ -18,3 +21,11 @@ def bn_trained(model: torch.nn.Module, image_shape: tuple[int, ...]) -> torch.nn
 def seeded_model(arch: str, info, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     return bn_trained(create_model(arch, info), info.image_shape)
+
+
+def run(corrector: str | Corrector, task: RepairTask, **params) -> SimpleNamespace:
+    """Repair through `run_repair` (as the harness does): the Repaired fields plus its measured `cost`."""
+    if isinstance(corrector, str):
+        corrector = get_corrector(corrector, **params)
+    repaired, cost = run_repair(corrector, task)
+    return SimpleNamespace(**vars(repaired), cost=cost)

@@ -70,7 +70,7 @@ def test_blame_is_deterministic_and_validates(digits, family):
     model = seeded_model("tinycnn", digits.info)
     a = blame(model, "featswap", digits.val, family, seed=3, device=CPU)
     b = blame(model, "featswap", digits.val, family, seed=3, device=CPU)
-    assert a.scores == b.scores  # the noisy val set is generated once from the seed (spec bug 14)
+    assert a.scores == b.scores  # the noisy val set is generated once from the seed (reference bug 14)
     with pytest.raises(DeepPatchError, match="valid choices: perfloss, featswap"):
         blame(model, "gradcam", digits.val, family, seed=0, device=CPU)
     with pytest.raises(DeepPatchError, match="valid choices"):

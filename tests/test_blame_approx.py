@@ -94,7 +94,7 @@ def test_frozen_models_deterministic_and_validation(digits, family):
 def test_blame_dispatches_perfloss_fo_and_the_corrector_accepts_it(digits, family):
     """`blame(method="perfloss-fo")` is the first-order engine, under inference mode as assess runs it."""
     from deeppatch.technique.blame import METHODS, blame
-    from deeppatch.technique.corrector import DeepPatchParams
+    from deeppatch.technique.deeppatch_corrector import DeepPatchParams
 
     assert "perfloss-fo" in METHODS
     model = seeded_model("tinycnn", digits.info)

@@ -17,6 +17,7 @@ from deeppatch.cli import main
 from deeppatch.errors import DeepPatchError
 from deeppatch.harness.bench import run_benchmark
 from deeppatch.harness.spec import load_spec
+from deeppatch.reporting.build import build_report
 from deeppatch.results import load_rows
 
 SPEC = """
@@ -100,16 +101,17 @@ def test_grid_expansion_and_validation(tmp_path):
 
 def test_rerun_is_a_no_op_and_same_seed_same_numbers(tmp_path):
     spec_path = write_spec(tmp_path, correctors='[[correctors]]\nname = "finetune"\n')
-    first = run_benchmark(load_spec(spec_path), results_dir=tmp_path / "a", report_dir=tmp_path / "ra",
+    first = run_benchmark(load_spec(spec_path), results_dir=tmp_path / "a",
                           show_progress=False)
     assert (first.ran, first.failed) == (1, [])
-    again = run_benchmark(load_spec(spec_path), results_dir=tmp_path / "a", report_dir=tmp_path / "ra",
+    again = run_benchmark(load_spec(spec_path), results_dir=tmp_path / "a",
                           show_progress=False)
     assert (again.skipped, again.ran) == (1, 0)
-    other = run_benchmark(load_spec(spec_path), results_dir=tmp_path / "b", report_dir=tmp_path / "rb",
+    other = run_benchmark(load_spec(spec_path), results_dir=tmp_path / "b",
                           show_progress=False)
     assert other.ran == 1
     assert comparable(tmp_path / "a") == [r for r in comparable(tmp_path / "b")]
+    build_report(tmp_path / "a", tmp_path / "ra")
     assert (tmp_path / "ra" / "README.md").is_file()
 
 
@@ -121,7 +123,7 @@ def test_killed_run_resumes_to_the_rows_of_an_uninterrupted_run(tmp_path):
     proc = subprocess.Popen(cmd + ["--results", str(killed)], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while time.time() < deadline and len(list((killed / "rows").glob("*.jsonl"))) < 2:
+    while time.time() < deadline and proc.poll() is None and len(list((killed / "rows").glob("*.jsonl"))) < 2:
         time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -139,7 +141,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from deeppatch.corrector import Corrector, RepairCost, Repaired, RepairTask
+from deeppatch.corrector import Corrector, Repaired, RepairTask
 from deeppatch.results import SuiteRow
 
 
@@ -158,8 +160,7 @@ class Shrink(Corrector):
         model = task.copy_model()
         with torch.no_grad():
             model.fc.weight.mul_(self.params.scale)
-        return Repaired(model, RepairCost(0.0, 0, 0, 0),
-                        diagnostics=[SuiteRow("diagnostics", "scale", self.params.scale, 1, metric="scale")])
+        return Repaired(model, diagnostics=[SuiteRow("diagnostics", "scale", self.params.scale, 1, metric="scale")])
 
 
 class Broken(Corrector):
@@ -202,7 +203,7 @@ def test_submitit_local_executor(tmp_path):
     pytest.importorskip("submitit")
     spec_path = write_spec(tmp_path, correctors='[[correctors]]\nname = "none"\n\n[[correctors]]\nname = "finetune"\n')
     result = run_benchmark(load_spec(spec_path), launcher="submitit", launcher_options={"cluster": "local"},
-                           results_dir=tmp_path / "r", report_dir=tmp_path / "rep", show_progress=False)
+                           results_dir=tmp_path / "r", show_progress=False)
     assert result.ran == 2 and result.failed == []
     frame = load_rows(tmp_path / "r")
     assert set(frame.corrector) == {"none", "finetune"}

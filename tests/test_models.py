@@ -107,10 +107,14 @@ def test_unpickling_arbitrary_objects_is_refused(tmp_path):
         load_model(tmp_path / "evil.pt")
 
 
-def test_robustbench_imports():
-    import robustbench
-    from robustbench.utils import load_model as rb_load  # noqa: F401
+def test_robustbench_imports_where_it_is_first_needed():
+    """`import deeppatch` has no side effect on imports; `import_robustbench` installs the autoattack alias."""
+    import subprocess
+    import sys
 
-    import deeppatch  # noqa: F401  (installs the autoattack alias)
-
-    assert robustbench is not None
+    code = ("import sys, deeppatch, deeppatch.models.registry; assert 'autoattack' not in sys.modules; "
+            "from deeppatch._robustbench_compat import import_robustbench; rb = import_robustbench(); "
+            "from robustbench.utils import load_model; import autoattack, pyautoattack; "
+            "assert autoattack is pyautoattack; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "ok", out.stderr

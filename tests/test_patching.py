@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from deeppatch.corrector import checkpoint_restorers
 from deeppatch.data import load_splits
 from deeppatch.errors import DeepPatchError
 from deeppatch.models import create_model
@@ -114,7 +115,7 @@ def test_batch_majority_routes_the_whole_batch(info):
 def test_replace_unit_rewrites_only_the_selected_channels_in_place(info):
     torch.manual_seed(0)
     conv = nn.Conv2d(3, 8, 3, padding=1, dilation=1, bias=False)
-    from deeppatch.technique.patching import Router
+    from deeppatch.technique.routing import Router
 
     unit = PatchedConv(conv, [6, 1, 4], "replace", False, Router())
     assert unit.cru.kernel_size == conv.kernel_size and unit.cru.padding == conv.padding and unit.cru.bias is None
@@ -123,14 +124,14 @@ def test_replace_unit_rewrites_only_the_selected_channels_in_place(info):
     out = unit.patch(x, y)
     keep = [0, 2, 3, 5, 7]
     assert torch.equal(out[:, keep], y[:, keep])
-    assert torch.allclose(out[:, [6, 1, 4]], unit.cru(x))  # channel order preserved (spec bug 7)
+    assert torch.allclose(out[:, [6, 1, 4]], unit.cru(x))  # channel order preserved (reference bug 7)
 
 
 
 @pytest.mark.parametrize("bias,stride,padding_mode", [(False, 1, "zeros"), (True, 2, "reflect")])
 def test_folded_replace_unit_equals_conv_then_overwrite(bias, stride, padding_mode):
     """Patched mode runs one conv with the unit's filters written into the weight: same output, same gradients."""
-    from deeppatch.technique.patching import Route, Router
+    from deeppatch.technique.routing import Route, Router
 
     torch.manual_seed(0)
     conv = nn.Conv2d(4, 8, 3, stride=stride, padding=1, bias=bias, padding_mode=padding_mode).double()
@@ -155,7 +156,7 @@ def test_folded_replace_unit_equals_conv_then_overwrite(bias, stride, padding_mo
 def test_crtunit_is_written_back_in_place(info):
     torch.manual_seed(0)
     conv = nn.Conv2d(2, 6, 3, padding=1, bias=False)
-    from deeppatch.technique.patching import Router
+    from deeppatch.technique.routing import Router
 
     unit = PatchedConv(conv, [5, 0], "crtunit", False, Router()).eval()
     x = torch.rand(2, 2, 6, 6)
@@ -288,7 +289,7 @@ def test_switched_model_checkpoint_round_trip(tmp_path, info):
              "learned_gate": {"in_channels": model.learned_gate.in_channels, "width": 4, "stride": 1},
              "gate": "learned", "routing": "per-sample"}
     path = save_model(tmp_path / "dp.pt", model, arch="resnet20", info=info, kind="deeppatch", extra=extra)
-    loaded = load_model(path).model
+    loaded = load_model(path, restorers=checkpoint_restorers()).model
     assert isinstance(loaded, SwitchedModel)
     assert isinstance(loaded.patched.net.get_submodule("bn1"), DualBN)
     x = torch.rand(8, *info.image_shape)

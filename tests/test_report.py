@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from deeppatch.cli import main
-from deeppatch.report import build_report
-from deeppatch.results import SuiteRow, complete_row, params_hash, write_cell_rows
+from deeppatch.reporting import build_report
+from deeppatch.results import SuiteRow, complete_row, write_cell_rows
+from deeppatch.storage import stable_hash
 
 SIGMAS = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0)
 CORRUPTIONS = ("fog", "gaussian_noise")
@@ -80,7 +81,7 @@ def cell_rows(model: str, label: str, seed: int, *, stored_blur_mean: bool = Tru
                  SuiteRow("diagnostics", "switch", 0.9 + 0.01 * seed, 700, metric="auroc")]
     time_s, added = COST[label]
     cell = {"benchmark": "unit", "dataset": "cifar10", "model": model, "corrector": corrector,
-            "params": params, "params_hash": params_hash(params), "seed": seed, "repair_time_s": time_s,
+            "params": params, "params_hash": stable_hash(params), "seed": seed, "repair_time_s": time_s,
             "trainable_params": added, "added_params": added, "epochs": 2, "device": "cpu (test)",
             "versions": {"deeppatch": "0.1.0", "torch": "2.x", "git_commit": "abc123"},
             "created": f"2025-01-0{seed + 1}T00:00:00"}
@@ -208,7 +209,7 @@ def test_per_condition_tables(built):
 def _simple_results(folder: Path, cells: dict[tuple[str, int], list[SuiteRow]]) -> Path:
     for (corrector, seed), suite_rows in cells.items():
         cell = {"dataset": "digits", "model": "tinycnn", "corrector": corrector, "params": {},
-                "params_hash": params_hash({}), "seed": seed}
+                "params_hash": stable_hash({}), "seed": seed}
         write_cell_rows(folder, f"{corrector}-{seed}", [complete_row(r, cell) for r in suite_rows])
     return folder
 
@@ -246,7 +247,7 @@ def test_values_on_fewer_seeds_say_so_and_unknown_suites_get_a_table(tmp_path):
 
 
 def test_pareto_front():
-    from deeppatch.report.plots import pareto_front
+    from deeppatch.reporting.plots import pareto_front
 
     points = [(1.0, 1.0), (2.0, 0.5), (0.5, 2.0), (0.4, 0.4), (1.0, 1.0), (2.0, 0.4)]
     assert pareto_front(points) == [(0.5, 2.0), (1.0, 1.0), (2.0, 0.5)]

@@ -149,7 +149,7 @@ def test_neighbours_vary_one_gene_within_their_band(band):
     for g, kind in zip(nb.genes, nb.kinds, strict=True):
         others = torch.ones(len(GENES), dtype=torch.bool)
         others[kind] = False
-        assert torch.equal(g[others], identity[others])  # bug 18: nothing compounds
+        assert torch.equal(g[others], identity[others])  # reference bug 18: nothing compounds
         grid = space.grids(band)[kind].float()
         assert torch.isclose(grid, g[kind]).any()
 

@@ -5,15 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deeppatch.corrector import Budget, RepairTask, corrector_registry, get_corrector
+from deeppatch.corrector import Budget, RepairTask, checkpoint_restorers, corrector_registry, get_corrector
 from deeppatch.data import load_splits
 from deeppatch.errors import DeepPatchError
 from deeppatch.models import create_model
 from deeppatch.models.checkpoint import load_model, save_model
 from deeppatch.perturbations import get_perturbation
 from deeppatch.pretrain import PretrainConfig, train_from_scratch
-from deeppatch.technique.patching import PatchedNetwork
+from deeppatch.technique.patching import PatchedNetwork, added_parameters
 from deeppatch.technique.switch import SwitchedModel
+from tests.models_util import run
 
 CPU = torch.device("cpu")
 
@@ -25,7 +26,7 @@ def task():
     model = create_model("tinycnn", splits.info)
     train_from_scratch(model, splits, PretrainConfig(model="tinycnn", dataset="digits"), CPU, None, 3)
     family = get_perturbation("blur", sigmas=[0.5, 1.0])
-    return RepairTask(model.eval(), "tinycnn", splits, family, budget=Budget(epochs=2), seed=1)
+    return RepairTask(model.eval(), splits, family, budget=Budget(epochs=2), seed=1)
 
 
 def _base_state(model):
@@ -34,7 +35,7 @@ def _base_state(model):
 
 def test_deeppatch_changes_only_the_patch_and_keeps_the_original_path(task, tmp_path):
     before = _base_state(task.model)
-    repaired = get_corrector("deeppatch", {"gate_epochs": 3, "ratio": 0.5}).repair(task)
+    repaired = run("deeppatch", task, **{"gate_epochs": 3, "ratio": 0.5})
     model = repaired.model
     assert isinstance(model, SwitchedModel) and repaired.kind == "deeppatch"
     assert all(torch.equal(before[k], v) for k, v in task.model.state_dict().items())  # input untouched
@@ -50,15 +51,22 @@ def test_deeppatch_changes_only_the_patch_and_keeps_the_original_path(task, tmp_
         model.configure(mode="switch")
     assert {r.metric for r in repaired.diagnostics} == {"routing_accuracy", "auroc"}
     assert repaired.cost.added_params > 0 and repaired.cost.epochs == 2
+    # the runner counts as trainable what requires grad (the patch and the gate), and as added every number
+    # stored beyond the original's: the patch, its BN statistics, the gates' parameters, statistics, thresholds
+    gate = sum(p.numel() for p in model.learned_gate.parameters())
+    gate_state = sum(b.numel() for g in (model.learned_gate, model.reference_gate) for b in g.buffers()
+                     if b.is_floating_point())
+    assert repaired.cost.added_params == added_parameters(model.patched) + gate + gate_state
+    assert repaired.cost.trainable_params == sum(p.numel() for p in model.patched.patch_parameters()) + gate
     path = save_model(tmp_path / "dp.pt", model, arch="tinycnn", info=task.splits.info, kind=repaired.kind,
                       extra=repaired.extra)
-    loaded = load_model(path).model
+    loaded = load_model(path, restorers=checkpoint_restorers()).model
     with torch.inference_mode():
         assert torch.equal(loaded(x), model(x))
 
 
 def test_deepcorrect_is_always_patched_and_restores(task, tmp_path):
-    repaired = get_corrector("deepcorrect", {"ratio": 0.5}).repair(task)
+    repaired = run("deepcorrect", task, **{"ratio": 0.5})
     net = repaired.model
     assert isinstance(net, PatchedNetwork) and repaired.kind == "deepcorrect"
     assert all(c.unit == "crtunit" for _, c in net.patched_convs())
@@ -68,7 +76,7 @@ def test_deepcorrect_is_always_patched_and_restores(task, tmp_path):
     path = save_model(tmp_path / "dc.pt", net, arch="tinycnn", info=task.splits.info, kind=repaired.kind,
                       extra=repaired.extra)
     with torch.inference_mode():
-        assert torch.equal(load_model(path).model(x), net(x))
+        assert torch.equal(load_model(path, restorers=checkpoint_restorers()).model(x), net(x))
 
 
 def test_registry_lists_deeppatch_and_the_baselines():
@@ -76,6 +84,6 @@ def test_registry_lists_deeppatch_and_the_baselines():
     assert {"deeppatch", "deepcorrect", "none", "finetune", "adversarial", "augmix", "deepgini", "robot",
             "apricot", "sensei"} <= names
     with pytest.raises(DeepPatchError, match="corrector 'deeppatch': parameter 'ratio' must be <= 1.0"):
-        get_corrector("deeppatch", {"ratio": 2})
+        get_corrector("deeppatch", **{"ratio": 2})
     with pytest.raises(DeepPatchError, match="valid choices: per-sample, batch-majority"):
-        get_corrector("deeppatch", {"routing": "coin-flip"})
+        get_corrector("deeppatch", **{"routing": "coin-flip"})

@@ -89,3 +89,15 @@ def test_resume_with_other_epoch_count_is_refused(tmp_path, digits):
     _loop(tmp_path, model, digits, epochs=1).run()
     with pytest.raises(DeepPatchError, match="written for 1 epochs"):
         _loop(tmp_path, model, digits, epochs=2, resume=True).run()
+
+
+def test_defaults_need_no_validation_function(digits):
+    """Without `validate` the default selection keeps the last epoch (it used to fail); with one, the best."""
+    model = create_model("tinycnn", digits.info)
+    train = digits.train.head(128)
+    loop = TrainLoop(model=model, params=list(model.parameters()), num_batches=train.num_batches(64), epochs=1,
+                     batches=lambda e: train.batches(64, shuffle=True, generator=make_generator(0, "o", e)))
+    assert loop.select == "last" and loop.run().kept == "last"
+    with_val = TrainLoop(model=model, params=list(model.parameters()), batches=lambda e: [], num_batches=0, epochs=0,
+                         validate=lambda m: 0.0)
+    assert with_val.select == "best"

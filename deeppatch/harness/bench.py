@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from deeppatch.device import resolve_device
-from deeppatch.errors import DeepPatchError
+from deeppatch.errors import DeepPatchError, unknown_choice
 from deeppatch.harness.launchers import LAUNCHERS, submitit_launch
 from deeppatch.harness.runner import (
     failure_path,
@@ -35,7 +35,6 @@ class BenchResult:
     ran: int
     failed: list[str] = field(default_factory=list)
     seconds: float = 0.0
-    report: dict[str, Any] | None = None
 
 
 def parse_only(text: str | None) -> dict[str, set[str]]:
@@ -91,10 +90,11 @@ def describe_grid(spec: Spec, cells: list[Cell], results_dir: Path) -> list[str]
 
 def run_benchmark(spec: Spec, *, only: dict[str, set[str]] | None = None, device: str | None = None,
                   launcher: str = "local", launcher_options: dict[str, Any] | None = None,
-                  results_dir: str | Path | None = None, report_dir: str | Path | None = None,
-                  dry_run: bool = False, show_progress: bool | None = None, build: bool = True) -> BenchResult:
+                  results_dir: str | Path | None = None,
+                  dry_run: bool = False, show_progress: bool | None = None) -> BenchResult:
+    """Run every cell of `spec` (or of `only`) that has no rows yet; the caller builds the report."""
     if launcher not in LAUNCHERS:
-        raise DeepPatchError(f"unknown launcher {launcher!r}; valid choices: {', '.join(LAUNCHERS)}")
+        raise unknown_choice("launcher", launcher, LAUNCHERS)
     t0 = time.perf_counter()
     results = Path(results_dir or spec.results_dir)
     if device is not None:
@@ -133,9 +133,5 @@ def run_benchmark(spec: Spec, *, only: dict[str, set[str]] | None = None, device
         options = {**spec.launcher, **(launcher_options or {})}
         submitit_launch(spec, todo, results, options, done)
     bar.close()
-    if build:
-        from deeppatch.report import build_report
-
-        result.report = {k: str(v) for k, v in build_report(results, report_dir or spec.report_dir).items()}
     result.seconds = time.perf_counter() - t0
     return result

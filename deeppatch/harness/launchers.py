@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from deeppatch.errors import DeepPatchError
-from deeppatch.harness.spec import Cell, Spec, load_spec, parse_spec
+from deeppatch.harness.runner import record_failure, run_cell
+from deeppatch.harness.spec import Cell, Spec, parse_spec
 
 log = logging.getLogger(__name__)
 
@@ -22,8 +23,6 @@ LAUNCHERS = ("local", "submitit")
 
 def run_cell_job(spec_raw: dict[str, Any], spec_path: str, cell_key: str, results_dir: str) -> str:
     """Entry point of a submitted job: run one cell (by key) of the spec; returns 'ok' or the error."""
-    from deeppatch.harness.runner import record_failure, run_cell
-
     spec = parse_spec(spec_raw, spec_path)
     cell = next((c for c in spec.cells() if c.key() == cell_key), None)
     if cell is None:
@@ -40,7 +39,7 @@ def submitit_launch(spec: Spec, cells: list[Cell], results_dir: Path, options: d
                     on_done: Callable[[Cell, str], None]) -> None:
     """Submit the cells as a job array and wait; results land in the shared results folder."""
     try:
-        import submitit
+        import submitit  # lazy: an optional extra, needed only by this launcher
     except ImportError:
         raise DeepPatchError("the submitit launcher needs submitit: pip install 'deeppatch[scale]'") from None
     folder = Path(options.get("folder") or results_dir / "submitit")
@@ -68,7 +67,3 @@ def submitit_launch(spec: Spec, cells: list[Cell], results_dir: Path, options: d
         except Exception as exc:  # the job itself died (timeout, node failure)
             status = f"job failed: {exc}"
         on_done(cell, status)
-
-
-def resolve_spec(path: str) -> Spec:
-    return load_spec(path)

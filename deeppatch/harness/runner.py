@@ -20,16 +20,18 @@ from typing import Any
 import torch
 from torch import nn
 
+from deeppatch.corrector import Budget, RepairCost, RepairTask, checkpoint_restorers, get_corrector, run_repair
 from deeppatch.data import Splits, load_splits, stratified_subset
 from deeppatch.device import resolve_device
 from deeppatch.errors import DeepPatchError
-from deeppatch.harness.spec import Cell, Spec, stable_hash
-from deeppatch.harness.store import file_lock
+from deeppatch.harness.evaluate import evaluate_model, full_rows
+from deeppatch.harness.spec import Cell, Spec
 from deeppatch.models.checkpoint import load_model, save_model
 from deeppatch.perturbations import get_perturbation
-from deeppatch.results import SuiteRow, complete_row, params_hash, write_cell_rows
+from deeppatch.pretrain import PretrainConfig, checkpoint_extra, checkpoint_kind, default_epochs, obtain_model
+from deeppatch.results import SuiteRow, write_cell_rows
 from deeppatch.seeding import seed_everything
-from deeppatch.storage import atomic_write_json
+from deeppatch.storage import Workspace, atomic_write_json, file_lock, stable_hash
 from deeppatch.versions import device_name, environment_versions
 
 log = logging.getLogger(__name__)
@@ -73,17 +75,13 @@ def maintenance_model(cell: Cell, splits: Splits, results_dir: Path, device: tor
             model = load_model(m.checkpoint, expect_dataset=cell.dataset.name, device=device).model
             source = f"checkpoint {m.checkpoint}"
         else:
-            from deeppatch.pretrain import PretrainConfig, _default_epochs, obtain_model
-
             cfg = PretrainConfig(model=m.name, dataset=cell.dataset.name, lr=m.lr, batch_size=m.batch_size,
                                  epochs=m.epochs, resume=True, seed=cell.spec.pretrain_seed, weights=m.weights,
                                  train_if_missing=m.train_if_missing, train_subset=m.train_subset,
                                  download=cell.dataset.download)
             seed_everything(cell.spec.pretrain_seed)
-            epochs = m.epochs if m.epochs is not None else _default_epochs(cell.dataset.name)
+            epochs = m.epochs if m.epochs is not None else default_epochs(cell.dataset.name)
             model, source, _ = obtain_model(cfg, splits, device, path.with_suffix(".state.pt"), epochs)
-        from deeppatch.pretrain import checkpoint_extra, checkpoint_kind
-
         save_model(path, model, arch=m.name, info=splits.info, kind=checkpoint_kind(m.name),
                    extra=checkpoint_extra(m.name, cell.dataset.name),
                    meta={"source": source, "config": cell.model.config()})
@@ -106,10 +104,6 @@ def run_cell(cell: Cell, results_dir: Path, *, device: torch.device | None = Non
 
 def _run_cell(cell: Cell, results_dir: Path, *, device: torch.device | None,
               show_progress: bool | None) -> list[dict[str, Any]]:
-    from deeppatch.corrector import Budget, RepairCost, RepairTask, get_corrector
-    from deeppatch.suites import SuiteContext, get_suite
-    from deeppatch.technique.diagnostics import diagnostic_rows
-
     spec = cell.spec
     results_dir = Path(results_dir)
     device = device or resolve_device(spec.device)
@@ -118,48 +112,37 @@ def _run_cell(cell: Cell, results_dir: Path, *, device: torch.device | None,
     family = get_perturbation(spec.perturbation, **spec.perturbation_settings)
     base, _ = maintenance_model(cell, splits, results_dir, device)
     seed_everything(cell.seed)
-    corrector = get_corrector(cell.corrector.name, cell.corrector.params, spec.plugin_dirs)
+    corrector = get_corrector(cell.corrector.name, plugin_dirs=spec.plugin_dirs, **cell.corrector.params)
     work = results_dir / "work" / cell.key()
-    task = RepairTask(model=base, arch=cell.model.name, splits=splits, perturbation=family, device=device,
-                      seed=cell.seed, budget=Budget(**cell.effective_budget()), work_dir=work, resume=True,
-                      show_progress=show_progress, eval_batch_size=spec.eval_batch_size,
-                      cache_dir=results_dir / "cache", model_key=model_key(cell))
+    task = RepairTask(model=base, splits=splits, perturbation=family, device=device, seed=cell.seed,
+                      budget=Budget(**cell.effective_budget(), eval_batch_size=spec.eval_batch_size),
+                      workspace=Workspace(state_dir=work, cache_dir=results_dir / "cache", resume=True,
+                                          scope=model_key(cell)),
+                      show_progress=show_progress)
     rpath = repaired_path(results_dir, cell)
     if rpath.is_file():
-        loaded = load_model(rpath, device=device)
+        loaded = load_model(rpath, device=device, restorers=checkpoint_restorers(spec.plugin_dirs))
         model = loaded.model
         cost = RepairCost(**loaded.record["meta"]["cost"])
         diagnostics = [SuiteRow(**r) for r in loaded.record["meta"]["diagnostics"]]
     else:
-        repaired = corrector.repair(task)
-        model, cost, diagnostics = repaired.model, repaired.cost, repaired.diagnostics
+        repaired, cost = run_repair(corrector, task)
+        model, diagnostics = repaired.model, repaired.diagnostics
         save_model(rpath, model, arch=cell.model.name, info=splits.info, kind=repaired.kind, extra=repaired.extra,
                    meta={"cost": asdict(cost), "diagnostics": [d.to_dict() for d in diagnostics],
                          "cell": cell.config()})
     model = model.to(device).eval()
 
     test = stratified_subset(splits.test, spec.n_eval, cell.seed).to(device)
-    rows: list[SuiteRow] = []
-    for name, settings in spec.suites.items():
-        sub = stratified_subset(test, spec.suite_n_eval.get(name), cell.seed)
-        ctx = SuiteContext(splits.info, sub, device, seed=cell.seed, batch_size=spec.eval_batch_size,
-                           cache_dir=results_dir / "cache" / "suites",
-                           data_dir=Path(cell.dataset.data_dir) if cell.dataset.data_dir else None)
-        rows.extend(get_suite(name, **settings).evaluate(model, ctx))
+    rows = evaluate_model(model, test, splits.info, spec.suites, device=device, seed=cell.seed,
+                          batch_size=spec.eval_batch_size, suite_n_eval=spec.suite_n_eval,
+                          cache_dir=results_dir / "cache" / "suites",
+                          data_dir=Path(cell.dataset.data_dir) if cell.dataset.data_dir else None)
     rows.extend(diagnostics)
-    rows.extend(diagnostic_rows(model, test, family, device, spec.eval_batch_size))
-
-    identity = {
-        "benchmark": spec.name, "dataset": cell.dataset.name, "model": cell.model.name,
-        "corrector": cell.corrector.label, "params": {"name": cell.corrector.name, **cell.corrector.params},
-        "params_hash": params_hash({"name": cell.corrector.name, "params": cell.corrector.params,
-                                    "budget": cell.effective_budget()}),
-        "seed": cell.seed, "repair_time_s": cost.wall_time_s, "trainable_params": cost.trainable_params,
-        "added_params": cost.added_params, "epochs": cost.epochs, "device": device_name(device),
-        "versions": environment_versions(),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    full = [complete_row(r, identity) for r in rows]
+    rows.extend(corrector.evaluation_rows(model, test, family, device, spec.eval_batch_size))
+    full = full_rows(rows, benchmark=spec.name, dataset=cell.dataset.name, model=cell.model.name,
+                     label=cell.corrector.label, corrector=cell.corrector.name, params=cell.corrector.params,
+                     budget=cell.effective_budget(), seed=cell.seed, cost=cost, device=device)
     write_cell_rows(results_dir, cell.key(), full)
     failure_path(results_dir, cell).unlink(missing_ok=True)
     shutil.rmtree(work, ignore_errors=True)

@@ -19,7 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deeppatch.errors import DeepPatchError
+from deeppatch.corrector import get_corrector
+from deeppatch.data import get_dataset_source
+from deeppatch.device import DEVICE_CHOICES
+from deeppatch.errors import DeepPatchError, unknown_choice
+from deeppatch.models import get_entry
+from deeppatch.perturbations import get_perturbation
+from deeppatch.suites import get_suite
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -35,7 +41,6 @@ MODEL_KEYS = {"name", "weights", "epochs", "lr", "batch_size", "train_if_missing
 CORRECTOR_KEYS = {"name", "params", "grid", "label", "budget"}
 BUDGET_KEYS = {"epochs", "train_subset", "batch_size"}
 EVALUATION_KEYS = {"n_eval", "batch_size"}
-SUITE_HARNESS_KEYS = {"n_eval"}  # per-suite keys the harness consumes; the rest are suite settings
 LAUNCHER_KEYS = {"name", "cluster", "partition", "gpus_per_task", "cpus_per_task", "time_limit_min",
                  "array_parallelism", "mem_gb", "folder"}
 WEIGHTS = ("auto", "pretrained", "scratch")
@@ -171,8 +176,6 @@ def _label(name: str, combo: dict[str, Any], base_label: str | None) -> str:
 
 
 def _expand_corrector(entry: dict[str, Any], file: str, index: int, plugin_dirs: list[str]) -> list[CorrectorConfig]:
-    from deeppatch.corrector import get_corrector
-
     where = f"[[correctors]] #{index + 1}"
     _check_keys(entry, CORRECTOR_KEYS, where, file)
     if "name" not in entry:
@@ -195,7 +198,7 @@ def _expand_corrector(entry: dict[str, Any], file: str, index: int, plugin_dirs:
         combo = dict(zip(axes, values, strict=True))
         merged = {**params, **combo}
         try:
-            corrector = get_corrector(name, merged, plugin_dirs)  # validates name and every value
+            corrector = get_corrector(name, plugin_dirs=plugin_dirs, **merged)  # validates name and every value
         except DeepPatchError as exc:
             raise DeepPatchError(f"{file}: {where}: {exc}") from None
         out.append(CorrectorConfig(name, corrector.params_dict(), _label(name, combo, entry.get("label")), budget))
@@ -216,12 +219,6 @@ def load_spec(path: str | Path) -> Spec:
 
 
 def parse_spec(raw: dict[str, Any], file: str = "<spec>") -> Spec:
-    from deeppatch.data import get_dataset_source
-    from deeppatch.device import DEVICE_CHOICES
-    from deeppatch.models import get_entry
-    from deeppatch.perturbations import get_perturbation
-    from deeppatch.suites import get_suite
-
     _check_keys(raw, TOP_KEYS, "the top level", file)
     name = raw.get("name") or Path(file).stem
     seeds = raw.get("seeds", [0])
@@ -232,7 +229,7 @@ def parse_spec(raw: dict[str, Any], file: str = "<spec>") -> Spec:
         raise DeepPatchError(f"{file}: seeds must be a count or a non-empty list of integers, got {seeds!r}")
     device = str(raw.get("device", "auto"))
     if device not in DEVICE_CHOICES and not device.startswith("cuda:"):
-        raise DeepPatchError(f"{file}: device {device!r}; valid choices: {', '.join(DEVICE_CHOICES)}")
+        raise unknown_choice("device", device, DEVICE_CHOICES, where=file)
     plugin_dirs = [str((Path(file).parent / d).resolve()) for d in raw.get("plugin_dirs", [])]
 
     maint = _check_keys(raw.get("maintenance", {}), MAINTENANCE_KEYS, "[maintenance]", file)
@@ -264,7 +261,7 @@ def parse_spec(raw: dict[str, Any], file: str = "<spec>") -> Spec:
             except DeepPatchError as exc:
                 raise DeepPatchError(f"{file}: {where}: {exc}") from None
         if m.get("weights", "auto") not in WEIGHTS:
-            raise DeepPatchError(f"{file}: {where}.weights is {m['weights']!r}; valid choices: {', '.join(WEIGHTS)}")
+            raise unknown_choice("weights", m["weights"], WEIGHTS, where=f"{file}: {where}")
         for key in ("epochs", "batch_size", "train_subset"):
             _positive_int(m.get(key), key, where, file)
         models.append(ModelEntry(**m))

@@ -14,8 +14,7 @@ Format (a dict saved with torch.save, read with weights_only=True)::
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -25,29 +24,14 @@ import torch
 from torch import nn
 
 from deeppatch.data import DatasetInfo
-from deeppatch.errors import DeepPatchError
+from deeppatch.errors import DeepPatchError, unknown_choice
+from deeppatch.models import robustbench_models
+from deeppatch.models.registry import create_model
+from deeppatch.models.state import info_from_dict, info_to_dict, load_state_strict
 from deeppatch.storage import atomic_torch_save, safe_torch_load
 
 FORMAT = "deeppatch.model/1"
-
-# kind -> "module:function(record) -> nn.Module"; imported lazily.
-RESTORERS: Mapping[str, str] = MappingProxyType({
-    "plain": "deeppatch.models.checkpoint:restore_plain",
-    "deeppatch": "deeppatch.technique.switch:restore_from_record",
-    "deepcorrect": "deeppatch.technique.patching:restore_from_record",
-    "robustbench": "deeppatch.models.robustbench_models:restore_from_record",
-})
-
-
-def info_to_dict(info: DatasetInfo) -> dict[str, Any]:
-    return {"name": info.name, "num_classes": info.num_classes, "image_shape": list(info.image_shape),
-            "mean": list(info.mean), "std": list(info.std), "class_names": list(info.class_names)}
-
-
-def info_from_dict(d: Mapping[str, Any]) -> DatasetInfo:
-    return DatasetInfo(str(d["name"]), int(d["num_classes"]), tuple(int(v) for v in d["image_shape"]),
-                       tuple(float(v) for v in d["mean"]), tuple(float(v) for v in d["std"]),
-                       tuple(d.get("class_names", ())))
+Restorer = Callable[[Mapping[str, Any]], nn.Module]
 
 
 @dataclass
@@ -73,8 +57,9 @@ def save_model(
     path: str | Path, model: nn.Module, *, arch: str, info: DatasetInfo, kind: str = "plain",
     extra: Mapping[str, Any] | None = None, meta: Mapping[str, Any] | None = None,
 ) -> Path:
-    if kind not in RESTORERS:
-        raise DeepPatchError(f"unknown checkpoint kind {kind!r}; valid choices: {', '.join(RESTORERS)}")
+    """Write a self-describing checkpoint; `kind` names how `load_model` rebuilds it (see `restorers`)."""
+    if not kind or not isinstance(kind, str):
+        raise DeepPatchError(f"checkpoint kind must be a non-empty name, got {kind!r}")
     record = {
         "format": FORMAT, "kind": kind, "arch": arch, "dataset": info_to_dict(info),
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
@@ -94,26 +79,27 @@ def read_record(path: str | Path) -> dict[str, Any]:
 
 
 def restore_plain(record: Mapping[str, Any]) -> nn.Module:
-    from deeppatch.models.registry import create_model
-
     model = create_model(str(record["arch"]), info_from_dict(record["dataset"]))
     load_state_strict(model, record["state_dict"], f"architecture {record['arch']!r}")
     return model
 
 
-def load_state_strict(model: nn.Module, state: Mapping[str, torch.Tensor], what: str) -> None:
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        detail = str(exc).splitlines()[0] if str(exc) else "mismatch"
-        raise DeepPatchError(f"checkpoint weights do not fit {what}: {detail[:200]}") from exc
+BUILTIN_RESTORERS: Mapping[str, Restorer] = MappingProxyType({
+    "plain": restore_plain,
+    "robustbench": robustbench_models.restore_from_record,
+})
 
 
 def load_model(
     path: str | Path, *, expect_arch: str | None = None, expect_dataset: str | None = None,
-    device: torch.device | str = "cpu",
+    device: torch.device | str = "cpu", restorers: Mapping[str, Restorer] | None = None,
 ) -> LoadedModel:
-    """Load any DeepPatch model checkpoint; checks it is for the architecture and data set asked."""
+    """Load a DeepPatch model checkpoint; checks it is for the architecture and data set asked.
+
+    Plain zoo and RobustBench models rebuild here; other kinds (a repaired model's) need their
+    `restorers` (kind -> function(record) -> module), which the correctors provide
+    (`deeppatch.corrector.checkpoint_restorers`).
+    """
     record = read_record(path)
     if expect_arch is not None and record["arch"] != expect_arch:
         raise DeepPatchError(
@@ -124,8 +110,8 @@ def load_model(
     if expect_dataset is not None and ds != expect_dataset:
         raise DeepPatchError(f"checkpoint {path} was made for data set {ds!r}, not {expect_dataset!r}")
     kind = record.get("kind", "plain")
-    if kind not in RESTORERS:
-        raise DeepPatchError(f"checkpoint {path} has unknown kind {kind!r}; valid choices: {', '.join(RESTORERS)}")
-    module_name, _, func = RESTORERS[kind].partition(":")
-    model = getattr(importlib.import_module(module_name), func)(record)
+    table = {**BUILTIN_RESTORERS, **(restorers or {})}
+    if kind not in table:
+        raise unknown_choice(f"checkpoint kind in {path}:", kind, table)
+    model = table[kind](record)
     return LoadedModel(model.to(device).eval(), record, Path(path))

@@ -14,6 +14,7 @@ from torch import nn
 from deeppatch.data import DatasetInfo
 from deeppatch.errors import DeepPatchError
 from deeppatch.models import mobilenetv2, resnet, shufflenetv2, small, vgg
+from deeppatch.models.robustbench_models import create_robustbench_model, parse_model_spec
 
 
 @dataclass(frozen=True)
@@ -69,8 +70,6 @@ def create_model(name: str, info: DatasetInfo) -> nn.Module:
     ``robustbench:[<threat>/]<name>`` builds that RobustBench zoo entry's architecture (no weights).
     """
     if name.startswith("robustbench:"):
-        from deeppatch.models.robustbench_models import create_robustbench_model, parse_model_spec
-
         rb_name, threat = parse_model_spec(name)
         return create_robustbench_model(rb_name, info.name, threat)
     entry = get_entry(name)

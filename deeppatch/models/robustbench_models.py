@@ -21,7 +21,9 @@ from typing import Any
 
 from torch import nn
 
-from deeppatch.errors import DeepPatchError
+from deeppatch._robustbench_compat import import_robustbench
+from deeppatch.errors import DeepPatchError, unknown_choice
+from deeppatch.models.state import load_state_strict
 
 PREFIX = "robustbench:"
 # data sets we have that RobustBench has models for (ImageNet is not one of our data sets)
@@ -36,8 +38,6 @@ def default_model_dir() -> Path:
 
 
 def _robustbench():
-    from deeppatch._robustbench_compat import import_robustbench
-
     return import_robustbench()
 
 
@@ -45,9 +45,7 @@ def normalise_threat_model(threat_model: str) -> str:
     for valid in THREAT_MODELS:
         if str(threat_model).lower() == valid.lower():
             return valid
-    raise DeepPatchError(
-        f"unknown RobustBench threat model {threat_model!r}; valid choices: {', '.join(THREAT_MODELS)}"
-    )
+    raise unknown_choice("RobustBench threat model", threat_model, THREAT_MODELS)
 
 
 def _check_dataset(dataset: str) -> str:
@@ -69,8 +67,8 @@ def parse_model_spec(spec: str, default_threat_model: str = "Linf") -> tuple[str
 
 def _zoo(dataset: str, threat_model: str) -> dict[str, dict[str, Any]]:
     _robustbench()
-    from robustbench.model_zoo import model_dicts
-    from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
+    from robustbench.model_zoo import model_dicts  # lazy: robustbench (optional use) loads after the autoattack alias
+    from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel  # lazy: as above
 
     folder_threat = threat_model.replace("_3d", "")  # robustbench keeps 3D-corruption models under corruptions
     return model_dicts[BenchmarkDataset(dataset)][ThreatModel(folder_threat)]
@@ -99,7 +97,7 @@ def _timm_name(name: str, dataset: str, threat_model: str) -> str:
 
 
 def _is_timm_model(name: str, dataset: str, threat_model: str) -> bool:
-    import timm
+    import timm  # lazy: timm is needed only by RobustBench's transformer entries
 
     return bool(timm.is_model(_timm_name(name, dataset, threat_model)))
 
@@ -132,7 +130,7 @@ def create_robustbench_model(name: str, dataset: str, threat_model: str = "Linf"
     dataset, threat_model = _check_dataset(dataset), normalise_threat_model(threat_model)
     entry = _entry(name, dataset, threat_model)
     if _is_timm_model(name, dataset, threat_model):
-        import timm
+        import timm  # lazy: timm is needed only by RobustBench's transformer entries
 
         return timm.create_model(_timm_name(name, dataset, threat_model), num_classes=NUM_CLASSES[dataset],
                                  pretrained=False)
@@ -150,7 +148,7 @@ def load_robustbench_model(
         name, threat_model = parse_model_spec(name, threat_model)
     dataset, threat_model = _check_dataset(dataset), normalise_threat_model(threat_model)
     _robustbench()
-    from robustbench.utils import load_model
+    from robustbench.utils import load_model  # lazy: robustbench loads only when a zoo model is asked for
 
     entry = _entry(name, dataset, threat_model)
     timm_model = _is_timm_model(name, dataset, threat_model)
@@ -193,8 +191,6 @@ def robustbench_extra(name: str, dataset: str, threat_model: str = "Linf") -> di
 
 def restore_from_record(record: dict[str, Any]) -> nn.Module:
     """Rebuild a kind-"robustbench" checkpoint of ours: zoo architecture + strict state dict, offline."""
-    from deeppatch.models.checkpoint import load_state_strict
-
     extra = record.get("extra") or {}
     if "robustbench_name" not in extra:
         raise DeepPatchError("a robustbench checkpoint must name its zoo entry in extra['robustbench_name']")

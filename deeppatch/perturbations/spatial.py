@@ -1,15 +1,16 @@
-"""SENSEI's spatial and photometric search space (spec 4.4), on batches of [0, 1] images.
+"""SENSEI's spatial and photometric search space, on batches of [0, 1] images (docs/deeppatch.md,
+The reference's defaults).
 
 A transform is a row of 7 genes (rotation deg, translate x px, translate y px, x-shear deg, zoom
 factor, additive brightness in 1/255 units, contrast factor). Everything here works on tensors of
 genes, (..., 7), so the neighbour sets of the spatial suite, the random-walk augmentor used for
 training and the genetic operators of the SENSEI baseline share one vectorised implementation.
 
-Fixes of the reference (spec section 8): transforms run on [0, 1] pixels, never on normalised
-tensors (bug 16); neighbour `idx % K` of base image `idx // K` (bug 17); one neighbour changes one
-gene and all others stay at identity, sub-range bands included (bug 18); crossover swaps each gene
-with a probability and returns new tensors (bug 19); the random walk keeps one chromosome per
-sample, not per worker (bug 21). Every random draw comes from a caller-owned generator.
+Fixes of the reference (numbered in docs/deeppatch.md): transforms run on [0, 1] pixels, never on normalised
+tensors (reference bug 16); neighbour `idx % K` of base image `idx // K` (reference bug 17); one neighbour changes one
+gene and all others stay at identity, sub-range bands included (reference bug 18); crossover swaps each gene
+with a probability and returns new tensors (reference bug 19); the random walk keeps one chromosome per
+sample, not per worker (reference bug 21). Every random draw comes from a caller-owned generator.
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ class GeneRange:
         return self.centre + self.step * self.half_steps
 
     def grid(self, band: int | None = None, bands: int = DEFAULT_BANDS) -> torch.Tensor:
-        """The grid values (float64); with `band` k of `bands`, the sub-range band of spec 4.4.
+        """The grid values (float64); with `band` k of `bands`, the reference's sub-range band
+        (docs/deeppatch.md).
 
         Band k keeps centre +- [b (k-1)/bands, b k/bands] on each side (b = the half-width) with
         step/bands, i.e. offsets j * step/bands for half_steps (k-1) <= |j| <= half_steps k.
@@ -92,7 +94,7 @@ class SearchSpace:
 
 
 def search_space(height: int, width: int | None = None) -> SearchSpace:
-    """SENSEI's grids of spec 4.4, with the translation range scaled to the image size."""
+    """SENSEI's grids (docs/deeppatch.md), with the translation range scaled to the image size."""
     width = height if width is None else width
     if height < 1 or width < 1:
         raise DeepPatchError(f"image size must be positive, got {height}x{width}")
@@ -221,7 +223,7 @@ def draw_neighbours(
 
 
 def neighbour_index(flat_index: torch.Tensor | int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(base image, neighbour) of position `flat_index` in a set of N * K neighbours (spec bug 17 fixed)."""
+    """(base image, neighbour) of position `flat_index` in a set of N * K neighbours (reference bug 17 fixed)."""
     idx = torch.as_tensor(flat_index, dtype=torch.long)
     return idx // k, idx % k
 
@@ -282,7 +284,7 @@ def crossover(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Uniform crossover: each gene is swapped between the two parents with probability `swap_prob`.
 
-    Returns two new tensors (never views of the parents), unlike the reference (bug 19).
+    Returns two new tensors (never views of the parents), unlike the reference (reference bug 19).
     """
     if a.shape != b.shape:
         raise DeepPatchError(f"crossover parents differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}")
@@ -337,7 +339,7 @@ def apply_population(x: torch.Tensor, population: torch.Tensor) -> torch.Tensor:
 
 
 class RandomWalkAugmentor:
-    """Spec 4.4's RandomAugmentor with one chromosome per training sample (fixes bug 21).
+    """The reference's RandomAugmentor with one chromosome per training sample (fixes reference bug 21).
 
     Each call mutates the chromosomes of the samples in the batch and applies all 7 transforms.
     The state is a plain tensor, so a training checkpoint can store and restore it.

@@ -9,20 +9,19 @@
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 from types import MappingProxyType
 
 from deeppatch.errors import unknown_choice
+from deeppatch.suites import attacks, blur, clean, corruptions, spatial
 from deeppatch.suites.base import Suite, SuiteContext
 
-# suite name -> "module:class", imported lazily
-SUITES: Mapping[str, str] = MappingProxyType({
-    "clean": "deeppatch.suites.clean:CleanSuite",
-    "blur": "deeppatch.suites.blur:BlurSuite",
-    "corruptions": "deeppatch.suites.corruptions:CorruptionSuite",
-    "attacks": "deeppatch.suites.attacks:AttackSuite",
-    "spatial": "deeppatch.suites.spatial:SpatialSuite",
+SUITES: Mapping[str, type[Suite]] = MappingProxyType({
+    "clean": clean.CleanSuite,
+    "blur": blur.BlurSuite,
+    "corruptions": corruptions.CorruptionSuite,
+    "attacks": attacks.AttackSuite,
+    "spatial": spatial.SpatialSuite,
 })
 
 
@@ -34,8 +33,7 @@ def get_suite(name: str, **settings: object) -> Suite:
     """Instantiate a suite by name with validated settings."""
     if name not in SUITES:
         raise unknown_choice("suite", name, SUITES)
-    module, _, cls = SUITES[name].partition(":")
-    return getattr(importlib.import_module(module), cls)(**settings)
+    return SUITES[name](**settings)
 
 
 __all__ = ["SUITES", "Suite", "SuiteContext", "get_suite", "suite_names"]

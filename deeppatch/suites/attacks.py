@@ -25,7 +25,7 @@ from torch import nn
 from deeppatch.attacks import NORMS as PGD_NORMS
 from deeppatch.attacks import pgd
 from deeppatch.data import TensorSplit, stratified_subset, to_float
-from deeppatch.errors import DeepPatchError
+from deeppatch.errors import DeepPatchError, unknown_choice
 from deeppatch.results import SuiteRow
 from deeppatch.seeding import derive_seed, make_generator
 from deeppatch.suites.autoattack_adapter import normalise_norm, run_autoattack, validate_settings
@@ -78,7 +78,7 @@ def normalise_spec(spec: Any, suite_n: int | None = DEFAULT_N) -> dict[str, Any]
                                "eps": spec["eps"], "n": spec.get("n", suite_n)}
         norm = normalise_norm(out["norm"])
         if norm not in PGD_NORMS:
-            raise DeepPatchError(f"unknown norm {out['norm']!r} for pgd; valid choices: {', '.join(PGD_NORMS)}")
+            raise unknown_choice("norm for pgd", out["norm"], PGD_NORMS)
         out["norm"] = norm
         out["eps"] = _number(out, "eps")
         out["steps"] = int(_number(out, "steps", integer=True))
@@ -107,7 +107,7 @@ def normalise_spec(spec: Any, suite_n: int | None = DEFAULT_N) -> dict[str, Any]
                "eps": float(spec["eps"]), "n": n}
         out["n"] = _subset_size(out)
         return out
-    raise DeepPatchError(f"unknown attack {name!r}; valid choices: {', '.join(ATTACK_NAMES)}")
+    raise unknown_choice("attack", name, ATTACK_NAMES)
 
 
 def attack_group(spec: dict[str, Any]) -> str:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from deeppatch.errors import DeepPatchError
+from deeppatch.errors import DeepPatchError, unknown_choice
 
 VERSIONS = ("standard", "plus", "rand", "custom")
 NORMS = ("Linf", "L2", "L1")
@@ -28,7 +28,7 @@ _TARGET_CLASSES = 9
 
 def _import_autoattack():
     try:
-        import pyautoattack
+        import pyautoattack  # lazy: AutoAttack loads only when an AutoAttack condition runs
     except ModuleNotFoundError as exc:
         raise DeepPatchError("AutoAttack needs the package 'pyautoattack'; run: pip install pyautoattack") from exc
     return pyautoattack
@@ -47,7 +47,7 @@ def normalise_norm(norm: str) -> str:
     for valid in NORMS:
         if str(norm).lower() == valid.lower():
             return valid
-    raise DeepPatchError(f"unknown norm {norm!r}; valid choices: {', '.join(NORMS)}")
+    raise unknown_choice("norm", norm, NORMS)
 
 
 def validate_settings(
@@ -56,7 +56,7 @@ def validate_settings(
     """Check an AutoAttack configuration; returns (norm, attack list or None for a preset version)."""
     norm = normalise_norm(norm)
     if version not in VERSIONS:
-        raise DeepPatchError(f"unknown AutoAttack version {version!r}; valid choices: {', '.join(VERSIONS)}")
+        raise unknown_choice("AutoAttack version", version, VERSIONS)
     try:
         eps_ok = float(eps) > 0
     except (TypeError, ValueError):
@@ -73,7 +73,7 @@ def validate_settings(
         valid = attack_names()
         for a in attacks:
             if a not in valid:
-                raise DeepPatchError(f"unknown AutoAttack attack {a!r}; valid choices: {', '.join(valid)}")
+                raise unknown_choice("AutoAttack attack", a, valid)
         if len(set(attacks)) != len(attacks):
             raise DeepPatchError(f"AutoAttack attack list repeats an attack: {list(attacks)}")
         return norm, list(attacks)

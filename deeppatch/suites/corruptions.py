@@ -21,8 +21,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from deeppatch._robustbench_compat import import_robustbench
 from deeppatch.data import TensorSplit, to_float
-from deeppatch.errors import DeepPatchError
+from deeppatch.errors import DeepPatchError, unknown_choice
 from deeppatch.evaluation import predict
 from deeppatch.perturbations.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from deeppatch.results import SuiteRow
@@ -91,20 +92,18 @@ class CorruptionSuite(Suite):
             corruptions = list(CORRUPTIONS)
         for c in corruptions:
             if c not in CORRUPTIONS:
-                raise DeepPatchError(
-                    f"corruptions suite: unknown corruption {c!r}; valid choices: all, {', '.join(CORRUPTIONS)}"
-                )
+                raise unknown_choice("corruption", c, ("all", *CORRUPTIONS), where="corruptions suite")
         if len(set(corruptions)) != len(corruptions):
             raise DeepPatchError(f"corruptions suite: corruptions listed twice in {corruptions!r}")
         severities = _as_list(self.settings["severities"], "severities")
         for s in severities:
             if isinstance(s, bool) or not isinstance(s, int) or s not in SEVERITIES:
-                raise DeepPatchError(f"corruptions suite: unknown severity {s!r}; valid choices: 1, 2, 3, 4, 5")
+                raise unknown_choice("severity", s, SEVERITIES, where="corruptions suite")
         if len(set(severities)) != len(severities):
             raise DeepPatchError(f"corruptions suite: severities listed twice in {severities!r}")
         source = self.settings["source"]
         if source not in SOURCES:
-            raise DeepPatchError(f"corruptions suite: unknown source {source!r}; valid choices: {', '.join(SOURCES)}")
+            raise unknown_choice("source", source, SOURCES, where="corruptions suite")
         if not isinstance(self.settings["quantize"], bool):
             raise DeepPatchError(
                 f"corruptions suite: quantize must be true or false, got {self.settings['quantize']!r}"
@@ -149,10 +148,8 @@ class CorruptionSuite(Suite):
     def _canonical_split(
         self, ctx: SuiteContext, root: Path, loader: str, corruption: str, severity: int
     ) -> TensorSplit:
-        from deeppatch._robustbench_compat import import_robustbench
-
         import_robustbench()
-        import robustbench.data as rbdata
+        import robustbench.data as rbdata  # lazy: robustbench loads only for the canonical CIFAR-10-C arrays
 
         n = len(ctx.test)
         if n > CANONICAL_PER_SEVERITY:

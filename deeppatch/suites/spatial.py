@@ -1,4 +1,5 @@
-"""The spatial suite: accuracy on SENSEI-style neighbour sets (spec 4.4), with the reference's bugs fixed.
+"""The spatial suite: accuracy on SENSEI-style neighbour sets with the reference's bugs fixed
+(docs/deeppatch.md).
 
 For a seeded, class-balanced subset of `n` test images, K neighbour transforms are drawn (one
 transform type per neighbour, proportional to its grid size; one value from its grid), and every

@@ -35,7 +35,7 @@ from torch import nn
 from deeppatch.data import TensorSplit
 from deeppatch.errors import DeepPatchError
 from deeppatch.perturbations.base import Perturbation
-from deeppatch.technique.blame import BlameResult, perfloss_data, select_convs
+from deeppatch.technique.blame_common import BlameResult, perfloss_data, select_convs
 
 METHOD = "perfloss-fo"
 ENGINE = "first-order"

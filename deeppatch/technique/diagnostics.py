@@ -4,14 +4,46 @@ routing mode, gate and of the always-patched model (the switch turned off)."""
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from deeppatch.data import TensorSplit
 from deeppatch.evaluation import perturbation_report
 from deeppatch.perturbations.base import Perturbation
 from deeppatch.results import SuiteRow
-from deeppatch.technique.corrector import validation_diagnostics
-from deeppatch.technique.switch import GATES, ROUTINGS, SwitchedModel
+from deeppatch.seeding import make_generator
+from deeppatch.technique.switch import GATES, ROUTINGS, SwitchedModel, auroc
+
+
+def validation_diagnostics(model: SwitchedModel, clean: TensorSplit, perturbed: TensorSplit, conditions: list[str],
+                           device: torch.device, split_name: str = "val") -> list[SuiteRow]:
+    """AUROC (clean vs each condition) and routing rates of both gates, as diagnostics rows."""
+    rows: list[SuiteRow] = []
+    n = len(clean)
+    saved = (model.gate, model.routing)
+    gates = ["reference"] + (["learned"] if model.learned_gate is not None else [])
+    for gate in gates:
+        model.configure(gate=gate, routing="per-sample")
+        routed, scores = [], []
+        for split in (clean, perturbed):
+            r, s = [], []
+            for x, _ in split.batches(512, device=device):
+                m, sc = model.decisions(x)
+                r.append(m.cpu())
+                s.append(sc.float().cpu())
+            routed.append(torch.cat(r))
+            scores.append(torch.cat(s))
+        settings = {"gate": gate, "split": split_name}
+        rows.append(SuiteRow("diagnostics", f"{split_name}/{gate}/clean routed original",
+                             100.0 * (~routed[0]).float().mean().item(), n, group="routing",
+                             metric="routing_accuracy", settings=settings))
+        for i, cond in enumerate(conditions):
+            sl = slice(i * n, (i + 1) * n)
+            rows.append(SuiteRow("diagnostics", f"{split_name}/{gate}/{cond} routed patched",
+                                 100.0 * routed[1][sl].float().mean().item(), n, group="routing",
+                                 metric="routing_accuracy", settings=settings))
+            rows.append(SuiteRow("diagnostics", f"{split_name}/{gate}/{cond} auroc", auroc(scores[0], scores[1][sl]),
+                                 2 * n, group="auroc", metric="auroc", settings=settings))
+    model.configure(gate=saved[0], routing=saved[1])
+    return rows
 
 
 def switch_rows(model: SwitchedModel, test: TensorSplit, family: Perturbation, device: torch.device,
@@ -36,20 +68,10 @@ def switch_rows(model: SwitchedModel, test: TensorSplit, family: Perturbation, d
     return rows
 
 
-def diagnostic_rows(model: nn.Module, test: TensorSplit, family: Perturbation, device: torch.device,
-                    batch_size: int) -> list[SuiteRow]:
-    """Rows for models that have something to diagnose (the DeepPatch switch); none otherwise."""
-    if isinstance(model, SwitchedModel):
-        return switch_rows(model, test, family, device, batch_size)
-    return []
-
-
 def routing_on_family(model: SwitchedModel, test: TensorSplit, family: Perturbation, device: torch.device,
                       seed: int, batch_size: int = 500) -> list[SuiteRow]:
     """How each gate routes a perturbation family it was not calibrated on (e.g. common corruptions
     for a gate trained on blur): the percentage of inputs sent to the patch, per condition."""
-    from deeppatch.seeding import make_generator
-
     rows: list[SuiteRow] = []
     saved = model.gate
     gates = [g for g in GATES if g != "learned" or model.learned_gate is not None]

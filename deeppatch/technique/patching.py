@@ -3,7 +3,7 @@
 A patched network is a copy of the model under maintenance in which
 
 * every patched conv ℓ becomes a `PatchedConv`: the original conv plus a trainable unit ("cru")
-  that rewrites the selected output channels S_ℓ in place (never re-ordered, spec bug 7):
+  that rewrites the selected output channels S_ℓ in place (never re-ordered, reference bug 7):
   - ``replace`` (DeepPatch's DP unit): a fresh conv with the original's geometry (kernel, stride,
     padding, dilation, padding mode; no bias) from the conv's input to |S_ℓ| channels;
     ``y[:, S] = W'(x)``;
@@ -11,21 +11,18 @@ A patched network is a copy of the model under maintenance in which
     -> BN -> ReLU -> 1x1 plus identity, on the pre-BN channels: ``y[:, S] = CU(y[:, S])``;
 * every BatchNorm2d becomes a `DualBN` holding the original statistics (never updated) and a
   second, "patched" set re-estimated during patch training (the reference did this implicitly by
-  training in train mode; spec bug 11).
+  training in train mode; reference bug 11).
 
 Which path a sample takes is decided per forward pass by a `Router` owned by the network (no
-global state, spec bug 2): "original" reproduces the model under maintenance bit for bit,
+global state, reference bug 2): "original" reproduces the model under maintenance bit for bit,
 "patched" always uses the patch, "switch" lets the indicator at the first patched conv decide.
 """
 
 from __future__ import annotations
 
-import contextvars
 import copy
 import fnmatch
 import math
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -33,86 +30,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deeppatch.errors import DeepPatchError
+from deeppatch.errors import DeepPatchError, unknown_choice
+from deeppatch.models.registry import create_model
+from deeppatch.models.state import info_from_dict, load_state_strict
 from deeppatch.seeding import make_generator
+from deeppatch.technique.routing import Route, Router, StopForward, mix
 
 UNITS = ("replace", "crtunit")
 SIDES = ("front", "rear", "random")
 GROUPED = ("skip", "depthwise")
 INITS = ("fresh", "copy")
 MODES = ("original", "patched", "switch")
-
-
-# --------------------------------------------------------------------------------------------
-# routing
-
-
-@dataclass
-class Route:
-    """The routing of one forward pass. In "switch" mode `mask` (True = patched) is set by the
-    indicator; `pending` carries the indicator conv (and its input and output) to its BN, which
-    computes the patched path there only if the gate needs it or for the inputs routed to it."""
-
-    mode: str
-    mask: torch.Tensor | None = None  # set through decide()
-    share: str = ""  # once decided: "none", "all" or "some" of the inputs take the patched path
-    rows: torch.Tensor | None = None  # the patched rows' indices when share == "some"
-    pending: tuple[PatchedConv, torch.Tensor, torch.Tensor] | None = None
-    gate: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None
-    gate_needs_patched: bool = True  # the reference gate compares both paths; the learned one does not
-    stop_after_decision: bool = False  # raise StopForward once the mask is known
-
-    def decide(self, mask: torch.Tensor) -> None:
-        """Record the indicator's decision, and what every patched layer needs of it, once per forward."""
-        self.mask = mask
-        patched = int(mask.sum())
-        self.share = "none" if patched == 0 else "all" if patched == mask.numel() else "some"
-        self.rows = mask.nonzero(as_tuple=True)[0] if self.share == "some" else None
-
-
-class StopForward(Exception):
-    """Raised after the indicator decided, when only the routing decision is wanted."""
-
-
-class Router:
-    """Holds the current Route in a context variable of its own (re-entrant and thread-safe)."""
-
-    def __init__(self) -> None:
-        self._var: contextvars.ContextVar[Route | None] = contextvars.ContextVar(f"route-{id(self)}", default=None)
-        self.default_mode = "patched"
-
-    def current(self) -> Route:
-        route = self._var.get()
-        return route if route is not None else Route(self.default_mode)
-
-    @contextmanager
-    def use(self, route: Route) -> Iterator[Route]:
-        token = self._var.set(route)
-        try:
-            yield route
-        finally:
-            self._var.reset(token)
-
-    def __deepcopy__(self, memo: dict) -> Router:
-        new = Router()
-        new.default_mode = self.default_mode
-        return new
-
-
-def _mix(orig: torch.Tensor, route: Route, patched_fn: Callable, inputs: torch.Tensor | tuple) -> torch.Tensor:
-    """Original values for the inputs routed to the original path (untouched, bit for bit), patched for the others.
-
-    `inputs` (a tensor or a tuple of tensors) is sliced to the patched rows before `patched_fn`. `orig`
-    must be a fresh output of the caller's (its patched rows are overwritten in place: no full copy per
-    layer; autograd allows it, as neither conv nor batch norm saves its output for backward).
-    """
-    if route.share == "none":
-        return orig
-    if route.share == "all":
-        return patched_fn(inputs)
-    idx = route.rows
-    subset = tuple(t[idx] for t in inputs) if isinstance(inputs, tuple) else inputs[idx]
-    return orig.index_put_((idx,), patched_fn(subset).to(orig.dtype))
 
 
 # --------------------------------------------------------------------------------------------
@@ -262,10 +190,10 @@ class DualBN(nn.Module):
                 return a_orig
             if a_patch is not None:
                 return a_patch if route.share == "all" else torch.where(route.mask.view(-1, 1, 1, 1), a_patch, a_orig)
-            return _mix(a_orig, route, lambda xs: self.patched(conv.patch(xs[0], xs[1])), (conv_in, x))
+            return mix(a_orig, route, lambda xs: self.patched(conv.patch(xs[0], xs[1])), (conv_in, x))
         if route.mask is None:
             raise RuntimeError("BatchNorm ran before the indicator decided the route")
-        return _mix(self.original(x), route, self.patched, x)
+        return mix(self.original(x), route, self.patched, x)
 
 
 # --------------------------------------------------------------------------------------------
@@ -273,7 +201,7 @@ class DualBN(nn.Module):
 
 
 @dataclass
-class PatchSpec:
+class PatchSite:
     layer: str
     indices: list[int]
     unit: str
@@ -285,7 +213,7 @@ class PatchSpec:
 
 @dataclass
 class PatchPlan:
-    specs: list[PatchSpec]
+    specs: list[PatchSite]
     skipped: dict[str, str] = field(default_factory=dict)  # layer -> why
     settings: dict[str, Any] = field(default_factory=dict)
 
@@ -303,11 +231,11 @@ def plan_patches(
     model: nn.Module, ranking: dict[str, dict[str, list]] | None, *, ratio: float = 0.25, side: str = "front",
     unit: str = "replace", grouped: str = "skip", layers: tuple[str, ...] = ("*",), seed: int = 0,
 ) -> PatchPlan:
-    """Which channels of which convs to patch: k = floor(C * ratio) per conv, k >= 1 (spec bug 9)."""
+    """Which channels of which convs to patch: k = floor(C * ratio) per conv, k >= 1 (reference bug 9)."""
     for value, choices, what in ((unit, UNITS, "unit (--crt_type)"), (side, SIDES, "side (--susp_side)"),
                                  (grouped, GROUPED, "grouped-conv handling")):
         if value not in choices:
-            raise DeepPatchError(f"unknown {what} {value!r}; valid choices: {', '.join(choices)}")
+            raise unknown_choice(what, value, choices)
     if not 0.0 < ratio <= 1.0:
         raise DeepPatchError(f"suspicious ratio (--susp_ratio) must be in (0, 1], got {ratio}")
     specs, skipped = [], {}
@@ -339,7 +267,7 @@ def plan_patches(
             ranked = [int(i) for i in ranking[name]["indices"]]
             if sorted(ranked) != list(range(channels)):
                 raise DeepPatchError(f"the ranking of {name!r} is not a permutation of its {channels} channels")
-        specs.append(PatchSpec(name, _select(ranked, channels, k, side, seed, name), unit, depthwise))
+        specs.append(PatchSite(name, _select(ranked, channels, k, side, seed, name), unit, depthwise))
     if not specs:
         raise DeepPatchError("no conv layer is left to patch (check --layers, --susp_ratio and grouped handling)")
     return PatchPlan(specs, skipped, {"ratio": ratio, "side": side, "unit": unit, "grouped": grouped,
@@ -353,13 +281,13 @@ def plan_patches(
 class PatchedNetwork(nn.Module):
     """The model under maintenance with patch units and dual BNs; `mode` sets the default route."""
 
-    def __init__(self, model: nn.Module, specs: list[PatchSpec], *, seed: int = 0, init: str = "fresh") -> None:
+    def __init__(self, model: nn.Module, specs: list[PatchSite], *, seed: int = 0, init: str = "fresh") -> None:
         super().__init__()
         if init not in INITS:
-            raise DeepPatchError(f"unknown patch init {init!r}; valid choices: {', '.join(INITS)}")
+            raise unknown_choice("patch init", init, INITS)
         self.router = Router()
         self.net = copy.deepcopy(model)
-        self.specs = [PatchSpec(**s) if isinstance(s, dict) else s for s in specs]
+        self.specs = [PatchSite(**s) if isinstance(s, dict) else s for s in specs]
         for spec in self.specs:
             conv = self.net.get_submodule(spec.layer)
             if not isinstance(conv, nn.Conv2d):
@@ -377,7 +305,7 @@ class PatchedNetwork(nn.Module):
 
     def run(self, x: torch.Tensor, mode: str, gate=None, gate_needs_patched: bool = True) -> torch.Tensor:
         if mode not in MODES:
-            raise DeepPatchError(f"unknown route mode {mode!r}; valid choices: {', '.join(MODES)}")
+            raise unknown_choice("route mode", mode, MODES)
         with self.router.use(Route(mode, gate=gate, gate_needs_patched=gate_needs_patched)):
             return self.net(x)
 
@@ -403,7 +331,7 @@ class PatchedNetwork(nn.Module):
 
     def locate_indicator(self, example: torch.Tensor) -> tuple[str, str]:
         """Find the first patched conv in execution order and the BN it feeds directly, by tracing
-        one forward pass (spec bug 3: no reliance on registration order); mark both."""
+        one forward pass (reference bug 3: no reliance on registration order); mark both."""
         order: list[tuple[str, torch.Tensor]] = []  # tensors kept alive so identity checks are sound
         consumers: list[tuple[str, torch.Tensor]] = []
         hooks = []
@@ -467,7 +395,7 @@ def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, child, module)
 
 
-def _init_unit(patched: PatchedConv, conv: nn.Conv2d, spec: PatchSpec, seed: int, init: str) -> None:
+def _init_unit(patched: PatchedConv, conv: nn.Conv2d, spec: PatchSite, seed: int, init: str) -> None:
     """Fresh kaiming-uniform(a=sqrt(5)) init (PyTorch's default, as the reference) from an owned
     generator; or, for ``replace`` with init="copy", the original filters (an ablation)."""
     gen = make_generator(seed, "patch-init", spec.layer)
@@ -488,11 +416,8 @@ def added_parameters(network: PatchedNetwork) -> int:
 
 def restore_from_record(record: dict[str, Any]) -> PatchedNetwork:
     """Rebuild an always-patched network (DeepCorrect) from its self-describing checkpoint."""
-    from deeppatch.models.checkpoint import info_from_dict, load_state_strict
-    from deeppatch.models.registry import create_model
-
     base = create_model(str(record["arch"]), info_from_dict(record["dataset"]))
-    network = PatchedNetwork(base, [PatchSpec(**s) for s in record["extra"]["specs"]])
+    network = PatchedNetwork(base, [PatchSite(**s) for s in record["extra"]["specs"]])
     network.set_mode(record["extra"].get("mode", "patched"))
     load_state_strict(network, record["state_dict"], f"the patched model of {record['arch']!r}")
     return network.eval()

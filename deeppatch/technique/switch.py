@@ -5,12 +5,12 @@ The indicator sits at the first patched conv ℓ₁ and the BatchNorm b₁ it fe
 * ``reference``: the paper's disagreement score d_i, the fraction of units of the patched channels
   of ℓ₁ whose on/off state after b₁ (sign) differs between the original and the patched path.
   τ is the midpoint of its mean on clean and on perturbed validation data; the direction (which
-  side means "perturbed") is derived from those means and a margin is asserted (spec bug 4).
+  side means "perturbed") is derived from those means and a margin is asserted (reference bug 4).
 * ``learned``: a small CNN on b₁'s original-path activations, trained on the validation split to
   tell clean from perturbed inputs; threshold chosen on a held-out part of the validation split.
 
 Two routing modes: ``per-sample`` (each input decides for itself; the paper's claim) and
-``batch-majority`` (one vote routes the whole batch; the reference implementation, spec bug 1).
+``batch-majority`` (one vote routes the whole batch; the reference implementation, reference bug 1).
 """
 
 from __future__ import annotations
@@ -26,9 +26,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from deeppatch.data import TensorSplit, to_float
-from deeppatch.errors import DeepPatchError
+from deeppatch.errors import DeepPatchError, unknown_choice
+from deeppatch.models.registry import create_model
+from deeppatch.models.state import info_from_dict, load_state_strict
 from deeppatch.seeding import make_generator
-from deeppatch.technique.patching import PatchedNetwork, PatchSpec
+from deeppatch.technique.patching import PatchedNetwork, PatchSite
 
 GATES = ("reference", "learned")
 ROUTINGS = ("per-sample", "batch-majority")
@@ -37,7 +39,7 @@ MIN_MARGIN = 1e-3  # |mean_clean - mean_perturbed| of the reference score below 
 
 def check_choice(value: str, choices: tuple[str, ...], what: str) -> str:
     if value not in choices:
-        raise DeepPatchError(f"unknown {what} {value!r}; valid choices: {', '.join(choices)}")
+        raise unknown_choice(what, value, choices)
     return value
 
 
@@ -178,15 +180,6 @@ class SwitchedModel(nn.Module):
 # calibration on validation data
 
 
-def _scores(patched: PatchedNetwork, gate: nn.Module, data: TensorSplit, batch_size: int,
-            device: torch.device) -> torch.Tensor:
-    out = []
-    with torch.inference_mode():
-        for x, _ in data.batches(batch_size, device=device):
-            out.append(gate.score(*patched.indicator_inputs(x)).float().cpu())
-    return torch.cat(out) if out else torch.empty(0)
-
-
 def auroc(neg: torch.Tensor, pos: torch.Tensor) -> float:
     """P(score_pos > score_neg) + P(tie) / 2 (Mann-Whitney), exact; higher score = positive."""
     scores = torch.cat([neg, pos]).double()
@@ -306,9 +299,9 @@ def calibrate_reference(patched: PatchedNetwork, gate: ReferenceGate, clean: Ten
 # checkpoint record -> model
 
 
-def build_switched(base: nn.Module, specs: list[PatchSpec | Mapping[str, Any]], indicator: Mapping[str, Any],
+def build_switched(base: nn.Module, specs: list[PatchSite | Mapping[str, Any]], indicator: Mapping[str, Any],
                    gate_cfg: Mapping[str, Any] | None, *, gate: str, routing: str, seed: int = 0) -> SwitchedModel:
-    patched = PatchedNetwork(base, [PatchSpec(**s) if isinstance(s, Mapping) else s for s in specs], seed=seed)
+    patched = PatchedNetwork(base, [PatchSite(**s) if isinstance(s, Mapping) else s for s in specs], seed=seed)
     conv = patched.net.get_submodule(indicator["conv"])
     bn = patched.net.get_submodule(indicator["bn"])
     conv.is_indicator = bn.is_indicator = True
@@ -321,9 +314,6 @@ def build_switched(base: nn.Module, specs: list[PatchSpec | Mapping[str, Any]], 
 
 def restore_from_record(record: Mapping[str, Any]) -> SwitchedModel:
     """Rebuild a DeepPatch model from its self-describing checkpoint (models/checkpoint.py)."""
-    from deeppatch.models.checkpoint import info_from_dict, load_state_strict
-    from deeppatch.models.registry import create_model
-
     extra = record["extra"]
     base = create_model(str(record["arch"]), info_from_dict(record["dataset"]))
     model = build_switched(base, extra["specs"], extra["indicator"], extra.get("learned_gate"),

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from deeppatch.harness.bench import override_seeds, parse_only, run_benchmark
+from deeppatch.harness.spec import load_spec
+from deeppatch.reporting.build import build_report
+
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from deeppatch.harness.bench import override_seeds, parse_only, run_benchmark
-    from deeppatch.harness.spec import load_spec
-
     spec = load_spec(args.spec)
     override_seeds(spec, args.seeds)
     options = {k: v for k, v in {"cluster": args.cluster, "partition": args.partition,
@@ -16,16 +17,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
                                  "array_parallelism": args.array_parallelism, "cpus_per_task": args.cpus_per_task
                                  }.items() if v is not None}
     result = run_benchmark(spec, only=parse_only(args.only), device=args.device, launcher=args.launcher,
-                           launcher_options=options, results_dir=args.results, report_dir=args.report_dir,
-                           dry_run=args.dry_run, build=not args.no_report)
+                           launcher_options=options, results_dir=args.results,
+                           dry_run=args.dry_run)
     if args.dry_run:
         return 0
+    report = None
+    if not args.no_report:
+        report = build_report(args.results or spec.results_dir, args.report_dir or spec.report_dir)
     print(f"{spec.name}: {result.cells} cells, {result.skipped} already done, {result.ran} run, "
           f"{len(result.failed)} failed, {result.seconds:.0f} s")
     for line in result.failed:
         print(f"  FAILED {line}")
-    if result.report:
-        print(f"report: {result.report.get('markdown')} and {result.report.get('html')}")
+    if report:
+        print(f"report: {report.get('markdown')} and {report.get('html')}")
     return min(len(result.failed), 100)  # the exit code counts the failed cells
 
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from deeppatch.report.cells import HIGHER, LOWER, Column, Table, decimals_for, make_table
-from deeppatch.report.frame import AGGREGATE
+from deeppatch.reporting.cells import HIGHER, LOWER, Column, Table, decimals_for, make_table
+from deeppatch.reporting.frame import AGGREGATE
 
 MAX_ATTACK_COLUMNS = 3  # more attack conditions than this: the headline shows their mean
 LONG = ("row", "entry", "seed", "column", "value")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-from deeppatch.report.cells import NUMERIC_LABELS, Cell, Table
+from deeppatch.reporting.cells import NUMERIC_LABELS, Cell, Table
 
 SPECIAL = MappingProxyType({
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",

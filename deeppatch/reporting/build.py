@@ -20,12 +20,12 @@ import os
 from pathlib import Path
 
 from deeppatch.errors import DeepPatchError
-from deeppatch.report import html, latex, markdown
-from deeppatch.report.content import PLOTS_DIR, Plot, Report
-from deeppatch.report.frame import entry_table, prepare, sorted_rows
-from deeppatch.report.header import benchmark_name, header_items
-from deeppatch.report.plots import PLOT_FILES, TITLES, plot_all
-from deeppatch.report.tables import headline, sections
+from deeppatch.reporting import html, latex, markdown
+from deeppatch.reporting.content import PLOTS_DIR, Plot, Report
+from deeppatch.reporting.frame import entry_table, prepare, sorted_rows
+from deeppatch.reporting.header import benchmark_name, header_items
+from deeppatch.reporting.plots import PLOT_FILES, TITLES, plot_all
+from deeppatch.reporting.tables import headline, sections
 from deeppatch.results import load_rows, read_manifest
 from deeppatch.storage import atomic_write_bytes, atomic_write_text
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from deeppatch.report.frame import AGGREGATE
+from deeppatch.reporting.frame import AGGREGATE
 
 CANONICAL_SOURCES = MappingProxyType({"cifar10-c": "CIFAR-10-C", "cifar100-c": "CIFAR-100-C"})
 SUITE_ORDER = ("clean", "blur", "corruptions", "attacks", "spatial", "diagnostics")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from deeppatch.report.cells import NUMERIC_LABELS, Cell, Table
-from deeppatch.report.content import Report
+from deeppatch.reporting.cells import NUMERIC_LABELS, Cell, Table
+from deeppatch.reporting.content import Report
 
 REGENERATE = ("Regenerate with `deeppatch report <results folder> -o <this folder>`: the same rows give "
               "byte-identical files.")

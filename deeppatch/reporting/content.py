@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from deeppatch.report.cells import Table
-from deeppatch.report.tables import Section
+from deeppatch.reporting.cells import Table
+from deeppatch.reporting.tables import Section
 
 PLOTS_DIR = "plots"
 

@@ -1,4 +1,4 @@
-"""`deeppatch assess | correct | evaluate`: the original README's stages and flags."""
+"""`deeppatch assess | correct | evaluate`: the maintenance stages of the original README, with its flags."""
 
 from __future__ import annotations
 
@@ -6,20 +6,36 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from deeppatch.corrector import checkpoint_restorers, parse_params
+from deeppatch.data import get_dataset_source, stratified_subset
 from deeppatch.device import resolve_device
 from deeppatch.errors import DeepPatchError
+from deeppatch.evaluation import perturbation_report
+from deeppatch.models import get_entry
+from deeppatch.models.checkpoint import load_model
+from deeppatch.perturbations import get_perturbation
+from deeppatch.stages import (
+    deeppatch_table,
+    gate_cost,
+    open_context,
+    patch_tag,
+    run_assess,
+    run_correct_corrector,
+    run_correct_patch,
+)
+from deeppatch.storage import atomic_write_json
+from deeppatch.suites import SuiteContext, get_suite
+from deeppatch.technique.deeppatch_corrector import DeepPatchParams
+from deeppatch.technique.diagnostics import routing_on_family, validation_diagnostics
+from deeppatch.technique.switch import SwitchedModel
+from deeppatch.versions import environment_versions
 
 FS_METHODS = ("perfloss", "featswap", "ratioestim", "perfloss-fo")
-CRT_METHODS = ("patch", "finetune")
 
 
 def _context(args: argparse.Namespace, checkpoint: str | None = None):
-    from deeppatch.models import get_entry
-    from deeppatch.technique.stages import open_context
-
     if not args.model.startswith("robustbench:"):
         get_entry(args.model)
-    from deeppatch.data import get_dataset_source
 
     get_dataset_source(args.dataset)
     for flag, value in (("-b/--batch_size", args.batch_size), ("--lr", args.lr), ("-e/--max_epoch", args.max_epoch)):
@@ -31,8 +47,6 @@ def _context(args: argparse.Namespace, checkpoint: str | None = None):
 
 
 def cmd_assess(args: argparse.Namespace) -> int:
-    from deeppatch.technique.stages import run_assess
-
     ctx = _context(args, args.checkpoint)
     out = run_assess(ctx, args.fs_method, engine=args.blame_engine, batch_size=args.blame_batch_size)
     print(f"assessed {out['filters']} filters with {out['method']} ({out['engine']} engine) on {out['n_images']} "
@@ -42,9 +56,6 @@ def cmd_assess(args: argparse.Namespace) -> int:
 
 
 def _deeppatch_params(args: argparse.Namespace):
-    from deeppatch.corrector import parse_params
-    from deeppatch.technique.corrector import DeepPatchParams
-
     values: dict[str, Any] = {"unit": args.crt_type, "ratio": args.susp_ratio, "side": args.susp_side,
                               "grouped": args.grouped, "layers": args.layers, "init": args.patch_init,
                               "gate": args.gate, "routing": args.routing, "gate_epochs": args.gate_epochs}
@@ -60,8 +71,6 @@ def _deeppatch_params(args: argparse.Namespace):
 
 
 def cmd_correct(args: argparse.Namespace) -> int:
-    from deeppatch.technique.stages import run_correct_corrector, run_correct_patch
-
     if args.crt_method == "patch":
         args.layers = [p for p in args.layers.split(",") if p]
         params = _deeppatch_params(args)
@@ -94,14 +103,6 @@ def _print_table(table: dict[str, dict[str, float]]) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from deeppatch.data import stratified_subset
-    from deeppatch.models.checkpoint import load_model
-    from deeppatch.storage import atomic_write_json
-    from deeppatch.technique.corrector import validation_diagnostics
-    from deeppatch.technique.stages import deeppatch_table, gate_cost, patch_tag
-    from deeppatch.technique.switch import SwitchedModel
-    from deeppatch.versions import environment_versions
-
     if args.n_eval is not None and args.n_eval <= 0:
         raise DeepPatchError(f"--n-eval must be positive, got {args.n_eval}")
     ctx = _context(args, args.base_checkpoint)
@@ -124,7 +125,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     report: dict[str, Any] = {"dataset": ctx.dataset, "model": ctx.model_name, "n_test": len(test),
                               "batch_size": batch, "versions": environment_versions(), "results": {}}
     for path in paths:
-        loaded = load_model(path, expect_dataset=ctx.dataset, device=ctx.device)
+        loaded = load_model(path, expect_dataset=ctx.dataset, device=ctx.device, restorers=checkpoint_restorers())
         model = loaded.model
         entry: dict[str, Any] = {"checkpoint": str(path), "kind": loaded.kind}
         if isinstance(model, SwitchedModel):
@@ -138,8 +139,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                     model, test, expanded, list(ctx.family.conditions), ctx.device, split_name="test")]
                 entry["cost"] = gate_cost(model, test, ctx.device, batch)
         else:
-            from deeppatch.evaluation import perturbation_report
-
             table = {"original": perturbation_report(ctx.base.model, test, ctx.family, batch_size=batch,
                                                      device=ctx.device, desc="original"),
                      path.stem.removeprefix("model_"): perturbation_report(model, test, ctx.family, batch_size=batch,
@@ -151,9 +150,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             print("routing on test (per-sample): " + ", ".join(
                 f"{r['condition']} {r['value']:.3f}" for r in entry["routing_test"]))
             if args.routing_family:
-                from deeppatch.perturbations import get_perturbation
-                from deeppatch.technique.diagnostics import routing_on_family
-
                 unseen = routing_on_family(model, test, get_perturbation(args.routing_family), ctx.device,
                                            ctx.seed)
                 entry["routing_unseen"] = [r.to_dict() for r in unseen]
@@ -168,8 +164,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _run_suites(args: argparse.Namespace, model, ctx, test) -> list[dict[str, Any]]:
-    from deeppatch.suites import SuiteContext, get_suite
-
     rows = []
     suite_ctx = SuiteContext(ctx.splits.info, test, ctx.device, seed=ctx.seed, batch_size=args.batch_size or 256,
                              cache_dir=Path(args.output_dir) / "cache" / ctx.dataset,

@@ -6,6 +6,8 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
+from deeppatch.reporting.build import build_report, default_name
+
 DESCRIPTION = ("Turn the result rows of a benchmark run into a comparison report: headline and per-condition "
                "tables, plots, README.md, a self-contained index.html, CSV and a LaTeX headline table. "
                "The same rows always give byte-identical files.")
@@ -22,8 +24,6 @@ def register(sub: argparse._SubParsersAction, add_common: Callable[..., None]) -
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from deeppatch.report.build import build_report, default_name
-
     out = Path(args.out) if args.out else Path("reports") / default_name(args.results)
     written = build_report(args.results, out)
     print(f"report: {written['markdown']}")

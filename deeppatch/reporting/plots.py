@@ -14,8 +14,8 @@ from types import MappingProxyType
 import numpy as np
 import pandas as pd
 
-from deeppatch.report.frame import AGGREGATE, REFERENCE
-from deeppatch.report.tables import blocks
+from deeppatch.reporting.frame import AGGREGATE, REFERENCE
+from deeppatch.reporting.tables import blocks
 
 DPI = 100
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
@@ -29,8 +29,8 @@ TITLES = MappingProxyType({"clean_vs_robust": "Clean vs robust accuracy (Pareto 
 
 def plot_all(df: pd.DataFrame, entries: pd.DataFrame) -> dict[str, bytes]:
     """Plot name -> PNG bytes, for the plots the rows allow."""
-    import matplotlib
-    import matplotlib.style
+    import matplotlib  # lazy: matplotlib, only to draw
+    import matplotlib.style  # lazy: matplotlib, only to draw
 
     colours = corrector_colours(entries)
     out = {}
@@ -51,7 +51,7 @@ def to_png(fig) -> bytes:
 
 def corrector_colours(entries: pd.DataFrame) -> dict[str, str]:
     """A fixed colour per corrector label (black for the model under maintenance)."""
-    import matplotlib
+    import matplotlib  # lazy: matplotlib, only to draw
 
     palette = matplotlib.colormaps["tab10" if entries["label"].nunique() <= 11 else "tab20"]
     colours, i = {}, 0
@@ -66,8 +66,8 @@ def corrector_colours(entries: pd.DataFrame) -> dict[str, str]:
 
 def _figure(n_panels: int, ncols: int = 3, size: tuple[float, float] = (5.2, 4.0)):
     """A grid of panels with fixed margins in inches (a layout engine costs more than the drawing)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # lazy: matplotlib, only to draw
+    from matplotlib.figure import Figure  # lazy: matplotlib, only to draw
 
     ncols = max(1, min(ncols, n_panels))
     nrows = math.ceil(n_panels / ncols)
@@ -166,7 +166,7 @@ def clean_vs_robust(df: pd.DataFrame, entries: pd.DataFrame, colours: dict[str, 
 def _scatter_legend(labels: list[str], colours: dict[str, str], shown_models: list[int], fronts: list[int],
                     models: list[str]) -> list:
     """Colour = corrector, marker = model, dashes = that model's Pareto front."""
-    from matplotlib.lines import Line2D
+    from matplotlib.lines import Line2D  # lazy: matplotlib, only to draw
 
     handles = [Line2D([], [], linestyle="none", marker="o", markersize=7, markerfacecolor=colours[lab],
                       markeredgecolor="black", markeredgewidth=0.5, label=lab) for lab in labels]

@@ -43,14 +43,24 @@ def prepare(frame: pd.DataFrame) -> pd.DataFrame:
     df = df.sort_values(list(ROW_ORDER), kind="mergesort", na_position="first").reset_index(drop=True)
 
     labels = entry_labels(df)
+    # the model under maintenance: the corrector "none", whatever label it was given (e.g. "original")
+    unrepaired = set(df.loc[df["params"].map(_params_name) == REFERENCE, "params_hash"])
     entries = (df[list(ENTRY_KEYS)].drop_duplicates()
-               .assign(reference=lambda e: e["corrector"] == REFERENCE)
+               .assign(reference=lambda e: (e["corrector"] == REFERENCE) | e["params_hash"].isin(unrepaired))
                .assign(label=lambda e: [labels[tuple(k)] for k in e[["corrector", "params_hash"]].to_numpy()]))
     entries = entries.sort_values(["dataset", "model", "reference", "corrector", "label", "params_hash"],
                                   ascending=[True, True, False, True, True, True], kind="mergesort")
     entries = entries.reset_index(drop=True).rename_axis("entry").reset_index()
     df = df.merge(entries, on=list(ENTRY_KEYS), how="left", validate="many_to_one")
     return df
+
+
+def _params_name(text: str) -> str:
+    try:
+        value = json.loads(text) if text else {}
+    except json.JSONDecodeError:
+        return ""
+    return str(value.get("name", "")) if isinstance(value, dict) else ""
 
 
 def entry_table(df: pd.DataFrame) -> pd.DataFrame:

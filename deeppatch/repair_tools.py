@@ -1,19 +1,25 @@
-"""Pieces that several baseline correctors (``baselines/*.py``) share, so no baseline copies another.
+"""Pieces that DeepPatch and the baseline correctors (``baselines/*.py``) share, so no corrector
+copies another.
+
+* `maintenance_batches`, `perturbed_val`, `append_validator`, `train_model`: the maintenance
+  stream, the fixed perturbed validation sets, the reference's selection rule (clean + every
+  perturbed val image) and the shared training loop bound to a task (device, seed, resume).
 
 * `SGDParams` / `FinetuneParams` / `SelectionParams`: the SGD hyperparameters every peer of the
-  reference shares (spec section 5/6: lr 0.01, momentum 0.9, weight decay 5e-4, batch 256,
+  reference shares (docs/deeppatch.md, The reference's defaults: lr 0.01, momentum 0.9, weight decay 5e-4, batch 256,
   CosineAnnealingLR(T_max=200) per epoch; 40 epochs for the selection baselines). Baselines
   subclass them and add their own fields.
 * `perturbed_pool`: ONE fixed perturbed copy of the training data, drawn once from a seeded
   generator. Selection baselines (DeepGini, RobOT, Apricot) score and train on the very same images;
-  the reference re-augmented a selected sample when it was used (spec bug 21).
-* `fixed_batches` / `stream_batches`: seeded, shuffled batches of fixed data or of the maintenance
-  stream (clean or perturbed per sample, redrawn every epoch).
+  the reference re-augmented a selected sample when it was used (reference bug 21).
+* `fixed_batches`: seeded, shuffled batches of fixed data (no re-perturbation).
 * `fine_tune_all`: every parameter trainable, the shared training loop, best epoch on append-val;
+  `fine_tune`: the whole fine-tuning repair (copy, data, stream, loop, record) that finetune,
+  AugMix, adversarial training and SENSEI differ from only in their step, batches or selection;
   `Selection` + `retrain_on_selection`: fine-tune on exactly the selected pool images.
 * `EpochGenerator`: a generator reseeded at the start of every epoch, for randomness inside a
   training step (PGD starts, AugMix chains), so a resumed run draws the same numbers.
-* `repair_cost`, `diagnostic`: the result records.
+* `training_details`, `diagnostic`: what a repair records beside its model.
 """
 
 from __future__ import annotations
@@ -25,19 +31,81 @@ from typing import Any
 import torch
 from torch import nn
 
-from deeppatch.corrector import (
-    RepairCost,
-    RepairTask,
-    append_validator,
-    count_params,
-    maintenance_batches,
-    train_model,
-)
+from deeppatch.corrector import Repaired, RepairTask
 from deeppatch.data import TensorSplit, to_float
 from deeppatch.errors import DeepPatchError
+from deeppatch.evaluation import accuracy
 from deeppatch.results import SuiteRow
 from deeppatch.seeding import derive_seed, make_generator
-from deeppatch.training import Batch, BatchSource, OptimConfig, StepFn, TrainResult, cross_entropy_step
+from deeppatch.training import Batch, BatchSource, OptimConfig, StepFn, TrainLoop, TrainResult, cross_entropy_step
+
+# --------------------------------------------------------------------------------------------
+# the maintenance stream, validation and the training loop, bound to a task
+
+
+def maintenance_batches(task: RepairTask, data: TensorSplit, batch_size: int, *, p_clean: float = 0.5,
+                        purpose: str = "maintenance") -> BatchSource:
+    """Per epoch: shuffled batches, each image clean with probability `p_clean`, else perturbed at a
+    uniformly drawn condition of the task's family (the reference's ``random`` mode), all seeded."""
+    family = task.perturbation
+
+    def batches(epoch: int):
+        order = make_generator(task.seed, purpose, "order", epoch)
+        noise = make_generator(task.seed, purpose, "noise", epoch)
+        for x, y in data.batches(batch_size, device=task.device, shuffle=True, generator=order):
+            if p_clean < 1.0:
+                x, _ = family.random_mix(x, noise, p_clean)
+            yield x, y
+
+    return batches
+
+
+@dataclass
+class PerturbedVal:
+    """Fixed validation sets: clean val and each condition of the family (generated once)."""
+
+    clean: TensorSplit
+    perturbed: TensorSplit  # all conditions concatenated ("expand" mode)
+
+    @property
+    def append(self) -> TensorSplit:
+        """Clean followed by every condition: the reference's ``append`` selection set."""
+        return TensorSplit(torch.cat([to_float(self.clean.x), self.perturbed.x]),
+                           torch.cat([self.clean.y, self.perturbed.y]))
+
+
+def perturbed_val(task: RepairTask) -> PerturbedVal:
+    val = task.splits.val.to(task.device)
+    gen = make_generator(task.seed, "perturbed-val")
+    return PerturbedVal(val, task.perturbation.expand(val, device=task.device, generator=gen))
+
+
+def append_validator(task: RepairTask, pv: PerturbedVal | None = None) -> Callable[[nn.Module], float]:
+    """Validation accuracy on clean + all perturbed val images (the reference's selection rule)."""
+    data = (pv or perturbed_val(task)).append
+
+    def validate(model: nn.Module) -> float:
+        return accuracy(model, data, batch_size=task.eval_batch_size, device=task.device)
+
+    return validate
+
+
+def train_model(
+    task: RepairTask, model: nn.Module, params: list[nn.Parameter], *, tag: str, epochs: int,
+    batches: BatchSource, num_batches: int, optim: OptimConfig | None = None, step: StepFn = cross_entropy_step,
+    validate: Callable[[nn.Module], float] | None = None, select: str = "auto",
+    set_train_mode: Callable[[nn.Module], None] | None = None,
+) -> TrainResult:
+    """Run the shared training loop with the task's device, seed, checkpoints and resume."""
+    loop = TrainLoop(
+        model=model, params=params, batches=batches, num_batches=num_batches, epochs=epochs,
+        optim=optim or OptimConfig(), device=task.device, step=step, validate=validate, select=select,
+        checkpoint_path=task.workspace.state_path(tag), resume=task.workspace.resume, seed=task.seed, desc=tag,
+        show_progress=task.show_progress,
+        **({"set_train_mode": set_train_mode} if set_train_mode is not None else {}),
+    )
+    return loop.run()
+
 
 # --------------------------------------------------------------------------------------------
 # the corrector base and hyperparameters
@@ -45,7 +113,7 @@ from deeppatch.training import Batch, BatchSource, OptimConfig, StepFn, TrainRes
 
 @dataclass
 class SGDParams:
-    """SGD over every parameter with the reference's settings for its peers (spec 5, 6)."""
+    """SGD over every parameter with the reference's settings for its peers (docs/deeppatch.md)."""
 
     epochs: int = field(default=20, metadata={"help": "training epochs (the budget's epochs override it)", "min": 0})
     batch_size: int = field(default=256, metadata={"help": "training batch size (the budget's overrides it)",
@@ -154,12 +222,6 @@ def fixed_batches(task: RepairTask, split: TensorSplit, batch_size: int, purpose
     return batches, split.num_batches(batch_size)
 
 
-def stream_batches(task: RepairTask, data: TensorSplit, batch_size: int, p_clean: float,
-                   purpose: str) -> tuple[BatchSource, int]:
-    """The maintenance stream: every epoch each image is clean or perturbed anew (shared helper)."""
-    return maintenance_batches(task, data, batch_size, p_clean=p_clean, purpose=purpose), data.num_batches(batch_size)
-
-
 def with_clean_train(task: RepairTask, selected: TensorSplit) -> TensorSplit:
     """The clean training data followed by `selected` (how RobOT's paper retrains; float images)."""
     train = task.train_data()
@@ -180,18 +242,13 @@ class Selection:
 
 
 def retrain_on_selection(task: RepairTask, model: nn.Module, selection: Selection, p: SelectionParams,
-                         tag: str) -> tuple[TrainResult, int, int]:
-    """Fine-tune every parameter on exactly the selected images (plus clean train if asked).
-
-    Returns the loop's result, the trainable parameter count and the number of training images.
-    """
+                         tag: str) -> Repaired:
+    """Fine-tune every parameter of `model` on exactly the selected images (plus clean train if asked)."""
     data = selection.selected
     if p.retrain_on == "train+selected":
         data = with_clean_train(task, data)
-    batches, n = fixed_batches(task, data, task.batch_size(p.batch_size), tag)
-    result, trainable = fine_tune_all(task, model, tag=tag, epochs=task.epochs(p.epochs), batches=batches,
-                                      num_batches=n, optim=p.optim())
-    return result, trainable, len(data)
+    batches, _ = fixed_batches(task, data, task.batch_size(p.batch_size), tag)
+    return fine_tune(task, p, tag=tag, model=model, data=data, batches=batches)
 
 
 @torch.no_grad()
@@ -229,33 +286,50 @@ def fine_tune_all(
     task: RepairTask, model: nn.Module, *, tag: str, epochs: int, batches: BatchSource, num_batches: int,
     optim: OptimConfig, step: StepFn = cross_entropy_step, validate: Callable[[nn.Module], float] | None = None,
     select: str = "best",
-) -> tuple[TrainResult, int]:
-    """Train every parameter of `model` (in place); best epoch on append-val unless `validate` is given.
-
-    Returns the loop's result and the number of trainable parameters.
-    """
-    params = [p for p in model.parameters()]
+) -> TrainResult:
+    """Train every parameter of `model` (in place); best epoch on append-val unless `validate` is given."""
+    params = list(model.parameters())
     for p in params:
         p.requires_grad_(True)
     if validate is None and select == "best":
         validate = append_validator(task)
-    result = train_model(task, model, params, tag=tag, epochs=epochs, batches=batches, num_batches=num_batches,
-                         optim=optim, step=step, validate=validate, select=select)
-    return result, count_params(params)
+    return train_model(task, model, params, tag=tag, epochs=epochs, batches=batches, num_batches=num_batches,
+                       optim=optim, step=step, validate=validate, select=select)
+
+
+def fine_tune(
+    task: RepairTask, p: SGDParams, *, tag: str, model: nn.Module | None = None,
+    data: TensorSplit | None = None, batches: BatchSource | None = None, step: StepFn = cross_entropy_step,
+    optim: OptimConfig | None = None, validate: Callable[[nn.Module], float] | None = None, select: str = "best",
+    diagnostics: Callable[[], list[SuiteRow]] | None = None, **details: Any,
+) -> Repaired:
+    """The fine-tuning repair every fine-tuning baseline shares: train a copy of the model (or
+    `model`) on `data` (default: the task's training data) from `batches` (default: the
+    maintenance stream with ``p.p_clean``), `step` as the loss, best epoch on append-val."""
+    model = task.copy_model() if model is None else model
+    data = task.train_data() if data is None else data
+    batch_size = task.batch_size(p.batch_size)
+    if batches is None:
+        batches = maintenance_batches(task, data, batch_size, p_clean=getattr(p, "p_clean", 0.5), purpose=tag)
+    epochs = task.epochs(p.epochs)
+    result = fine_tune_all(task, model, tag=tag, epochs=epochs, batches=batches,
+                           num_batches=data.num_batches(batch_size), optim=optim or p.optim(), step=step,
+                           validate=validate, select=select)
+    return Repaired(model, epochs=result.epochs_run + result.resumed_from,
+                    details=training_details(result, train_size=len(data), **details),
+                    diagnostics=diagnostics() if diagnostics is not None else [])
 
 
 # --------------------------------------------------------------------------------------------
 # records
 
 
-def repair_cost(wall_time_s: float, trainable_params: int, epochs: int, result: TrainResult | None = None,
-                added_params: int = 0, **details: Any) -> RepairCost:
-    """A RepairCost whose details carry the training loop's selection outcome."""
-    if result is not None:
-        details = {"kept": result.kept, "best_epoch": result.best_epoch, "best_val": result.best_score,
-                   "start_val": result.start_score, **details}
-    return RepairCost(wall_time_s=wall_time_s, trainable_params=trainable_params, added_params=added_params,
-                      epochs=epochs, details=details)
+def training_details(result: TrainResult | None, **details: Any) -> dict[str, Any]:
+    """The cost record's details: the training loop's selection outcome plus the corrector's facts."""
+    if result is None:
+        return details
+    return {"kept": result.kept, "best_epoch": result.best_epoch, "best_val": result.best_score,
+            "start_val": result.start_score, **details}
 
 
 def diagnostic(corrector: str, what: str, value: float, n: int, metric: str = "count", **settings: Any) -> SuiteRow:

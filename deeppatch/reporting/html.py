@@ -6,8 +6,8 @@ from __future__ import annotations
 import base64
 from html import escape
 
-from deeppatch.report.cells import NUMERIC_LABELS, Cell, Table
-from deeppatch.report.content import Report
+from deeppatch.reporting.cells import NUMERIC_LABELS, Cell, Table
+from deeppatch.reporting.content import Report
 
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; margin: 2rem auto;

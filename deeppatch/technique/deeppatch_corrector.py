@@ -2,35 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
+from torch import nn
 
-from deeppatch.corrector import (
-    Corrector,
-    RepairCost,
-    Repaired,
-    RepairTask,
-    Stopwatch,
-    append_validator,
-    maintenance_batches,
-    perturbed_val,
-    train_model,
-)
+from deeppatch.corrector import Corrector, Repaired, RepairTask, Restorer
 from deeppatch.data import TensorSplit, to_float
 from deeppatch.errors import DeepPatchError
-from deeppatch.evaluation import accuracy
+from deeppatch.perturbations.base import Perturbation
+from deeppatch.repair_tools import append_validator, maintenance_batches, perturbed_val, train_model
 from deeppatch.results import SuiteRow
+from deeppatch.technique import switch
 from deeppatch.technique.blame import ENGINES, METHODS, blame
-from deeppatch.technique.patching import GROUPED, INITS, SIDES, UNITS, PatchedNetwork, added_parameters, plan_patches
+from deeppatch.technique.diagnostics import switch_rows, validation_diagnostics
+from deeppatch.technique.patching import GROUPED, INITS, SIDES, UNITS, PatchedNetwork, plan_patches
 from deeppatch.technique.switch import (
     GATES,
     ROUTINGS,
     GateTraining,
     ReferenceGate,
     SwitchedModel,
-    auroc,
     calibrate_reference,
     train_learned_gate,
 )
@@ -124,39 +118,6 @@ def patch_model(task: RepairTask, params: DeepPatchParams, ranking: dict[str, An
     return model, extra
 
 
-def validation_diagnostics(model: SwitchedModel, clean: TensorSplit, perturbed: TensorSplit, conditions: list[str],
-                           device: torch.device, split_name: str = "val") -> list[SuiteRow]:
-    """AUROC (clean vs each condition) and routing rates of both gates, as diagnostics rows."""
-    rows: list[SuiteRow] = []
-    n = len(clean)
-    saved = (model.gate, model.routing)
-    gates = ["reference"] + (["learned"] if model.learned_gate is not None else [])
-    for gate in gates:
-        model.configure(gate=gate, routing="per-sample")
-        routed, scores = [], []
-        for split in (clean, perturbed):
-            r, s = [], []
-            for x, _ in split.batches(512, device=device):
-                m, sc = model.decisions(x)
-                r.append(m.cpu())
-                s.append(sc.float().cpu())
-            routed.append(torch.cat(r))
-            scores.append(torch.cat(s))
-        settings = {"gate": gate, "split": split_name}
-        rows.append(SuiteRow("diagnostics", f"{split_name}/{gate}/clean routed original",
-                             100.0 * (~routed[0]).float().mean().item(), n, group="routing",
-                             metric="routing_accuracy", settings=settings))
-        for i, cond in enumerate(conditions):
-            sl = slice(i * n, (i + 1) * n)
-            rows.append(SuiteRow("diagnostics", f"{split_name}/{gate}/{cond} routed patched",
-                                 100.0 * routed[1][sl].float().mean().item(), n, group="routing",
-                                 metric="routing_accuracy", settings=settings))
-            rows.append(SuiteRow("diagnostics", f"{split_name}/{gate}/{cond} auroc", auroc(scores[0], scores[1][sl]),
-                                 2 * n, group="auroc", metric="auroc", settings=settings))
-    model.configure(gate=saved[0], routing=saved[1])
-    return rows
-
-
 def cached_ranking(task: RepairTask, method: str, *, engine: str = "auto", batch_size: int = 500
                    ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The blame ranking of the model under maintenance, computed once per (model, method, data)."""
@@ -180,33 +141,31 @@ class DeepPatchCorrector(Corrector):
     paper = "doi:10.1145/3604609"
     Params = DeepPatchParams
 
+    test_params = {"epochs": 1, "gate_epochs": 2, "blame_batch_size": 100}
+
     def repair(self, task: RepairTask) -> Repaired:
         p: DeepPatchParams = self.params
-        with Stopwatch() as watch:
-            ranking = None
-            blame_info: dict[str, Any] = {}
-            if p.side != "random":
-                ranking, blame_info = cached_ranking(task, p.blame, engine=p.blame_engine,
-                                                     batch_size=p.blame_batch_size)
-            model, extra = patch_model(task, p, ranking)
+        ranking = None
+        blame_info: dict[str, Any] = {}
+        if p.side != "random":
+            ranking, blame_info = cached_ranking(task, p.blame, engine=p.blame_engine, batch_size=p.blame_batch_size)
+        model, extra = patch_model(task, p, ranking)
         extra["blame"] = blame_info
         pv = perturbed_val(task)
         diagnostics = validation_diagnostics(model, pv.clean, pv.perturbed, list(task.perturbation.conditions),
                                              task.device)
-        gate_params = sum(q.numel() for q in model.learned_gate.parameters()) if model.learned_gate else 0
-        cost = RepairCost(
-            wall_time_s=watch.elapsed,
-            trainable_params=sum(q.numel() for q in model.patched.patch_parameters()) + gate_params,
-            added_params=added_parameters(model.patched) + gate_params,
-            epochs=extra["training"]["epochs_run"],
-            details={"blame": blame_info, "kept": extra["training"]["kept"]},
-        )
-        return Repaired(model, cost, kind="deeppatch", extra=extra, diagnostics=diagnostics)
+        training = extra["training"]
+        return Repaired(model, epochs=training["epochs_run"] + training["resumed_from"],
+                        details={"blame": blame_info, "kept": training["kept"]}, kind="deeppatch", extra=extra,
+                        diagnostics=diagnostics)
 
+    def evaluation_rows(self, model: nn.Module, test: TensorSplit, family: Perturbation, device: torch.device,
+                        batch_size: int) -> list[SuiteRow]:
+        """The switch's routing and AUROC per gate, and each routing mode's accuracy, on test data."""
+        if isinstance(model, SwitchedModel):
+            return switch_rows(model, test, family, device, batch_size)
+        return []
 
-def patched_accuracy(model: SwitchedModel, split: TensorSplit, mode: str, device: torch.device) -> float:
-    model.configure(mode=mode)
-    try:
-        return accuracy(model, split, device=device)
-    finally:
-        model.configure(mode="switch")
+    @classmethod
+    def restorers(cls) -> Mapping[str, Restorer]:
+        return {"deeppatch": switch.restore_from_record}

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from deeppatch.corrector import Budget, RepairTask, get_corrector, perturbed_val
+from deeppatch.corrector import Budget, RepairTask, get_corrector, run_repair
 from deeppatch.data import Splits, TensorSplit, load_splits
 from deeppatch.errors import DeepPatchError
 from deeppatch.evaluation import perturbation_report
@@ -18,11 +18,13 @@ from deeppatch.models.checkpoint import LoadedModel, load_model, save_model
 from deeppatch.paths import pretrained_path, run_dir
 from deeppatch.perturbations import get_perturbation
 from deeppatch.perturbations.base import Perturbation
+from deeppatch.repair_tools import perturbed_val
 from deeppatch.seeding import seed_everything
-from deeppatch.storage import atomic_write_json, ensure_writable_dir, read_json
-from deeppatch.technique.blame import FORMAT as BLAME_FORMAT
+from deeppatch.storage import Workspace, atomic_write_json, ensure_writable_dir, read_json
 from deeppatch.technique.blame import blame
-from deeppatch.technique.corrector import DeepPatchParams, patch_model, validation_diagnostics
+from deeppatch.technique.blame_common import FORMAT as BLAME_FORMAT
+from deeppatch.technique.deeppatch_corrector import DeepPatchParams, patch_model
+from deeppatch.technique.diagnostics import validation_diagnostics
 from deeppatch.technique.switch import SwitchedModel
 from deeppatch.versions import environment_versions
 
@@ -104,14 +106,15 @@ def patch_tag(method: str, crt_type: str, side: str, ratio: float) -> str:
 
 def make_task(ctx: StageContext, *, epochs: int | None, train_subset: int | None, batch_size: int | None,
               resume: bool, tag: str, show_progress: bool | None = None) -> RepairTask:
-    return RepairTask(model=ctx.base.model, arch=ctx.base.arch, splits=ctx.splits, perturbation=ctx.family,
-                      device=ctx.device, seed=ctx.seed, budget=Budget(epochs, train_subset, batch_size),
-                      work_dir=ctx.folder / f"{tag}.work", resume=resume, show_progress=show_progress)
+    return RepairTask(model=ctx.base.model, splits=ctx.splits, perturbation=ctx.family, device=ctx.device,
+                      seed=ctx.seed, budget=Budget(epochs, train_subset, batch_size),
+                      workspace=Workspace(state_dir=ctx.folder / f"{tag}.work", resume=resume),
+                      show_progress=show_progress)
 
 
 def run_correct_patch(ctx: StageContext, params: DeepPatchParams, method: str, *, train_subset: int | None,
                       resume: bool, show_progress: bool | None = None) -> list[dict[str, Any]]:
-    """Patch with the ranking from assess; ratioestim sweeps the ratio (spec 2.3, bug 13 fixed)."""
+    """Patch with the ranking from assess; ratioestim sweeps the ratio (reference bug 13 fixed; docs/deeppatch.md)."""
     ratios = RATIOESTIM_RATIOS if method == "ratioestim" else (params.ratio,)
     ranking = None if params.side == "random" else read_ranking(ctx, "perfloss" if method == "ratioestim" else method)
     outputs = []
@@ -144,14 +147,14 @@ def run_correct_corrector(ctx: StageContext, name: str, params: dict[str, Any], 
                           train_subset: int | None, batch_size: int | None, resume: bool,
                           show_progress: bool | None = None) -> dict[str, Any]:
     """Any other corrector (finetune, ...) through the Corrector interface."""
-    corrector = get_corrector(name, params)
+    corrector = get_corrector(name, **params)
     task = make_task(ctx, epochs=epochs, train_subset=train_subset, batch_size=batch_size, resume=resume, tag=name,
                      show_progress=show_progress)
-    repaired = corrector.repair(task)
+    repaired, cost = run_repair(corrector, task)
     ckpt = save_model(ctx.folder / f"model_{name}.pt", repaired.model, arch=ctx.base.arch, info=ctx.splits.info,
                       kind=repaired.kind, extra=repaired.extra, meta={"stage": "correct", "corrector": name,
                                                                       "params": corrector.params_dict()})
-    summary = {"tag": name, "checkpoint": str(ckpt), "cost": repaired.cost.__dict__,
+    summary = {"tag": name, "checkpoint": str(ckpt), "cost": asdict(cost),
                "diagnostics_val": [d.to_dict() for d in repaired.diagnostics], "params": corrector.params_dict(),
                "versions": environment_versions()}
     atomic_write_json(summary, ctx.folder / f"correct_{name}.json")

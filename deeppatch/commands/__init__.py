@@ -1,0 +1,1 @@
+"""The sub-commands of `deeppatch` beyond list and pretrain: assess/correct/evaluate, bench, report."""

@@ -39,7 +39,7 @@ CANONICAL = {
 }
 CANONICAL_PER_SEVERITY = 10_000  # images per severity in the released arrays
 GENERATION_CHUNK = 500  # images corrupted per call; fixed, so a generated set does not depend on batch size
-CACHE_VERSION = 1  # bump when the generated images change, so old cache files are not reused
+CACHE_VERSION = 2  # bump when the generated images change, so old cache files are not reused
 
 
 def generate_corrupted_set(

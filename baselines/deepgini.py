@@ -2,7 +2,8 @@
 
 Every candidate is scored by the Gini impurity of the model under maintenance,
 xi(x) = 1 - sum_i p_i(x)^2 with p = softmax(logits); the 10 % most impure candidates are kept and
-every parameter is fine-tuned on them for 40 epochs (docs/deeppatch.md, The reference's defaults), best epoch on append-val.
+every parameter is fine-tuned on them for 40 epochs (docs/deeppatch.md, The reference's defaults), best
+epoch on append-val.
 
 The candidates are ONE fixed perturbed copy of the training data (each image clean with probability
 0.5, else perturbed at a uniform condition of the maintenance family), generated once from a seeded

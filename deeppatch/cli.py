@@ -76,8 +76,10 @@ def cmd_list(args: argparse.Namespace) -> int:
         for name, cls in sorted(dataset_registry().items()):
             print(f"{name:15s} {cls.description}")
     elif what == "correctors":
-        for name, cls in sorted(corrector_registry().items()):
-            print(f"{name:13s} {cls.summary()}")
+        for _, cls in sorted(corrector_registry().items()):
+            print(f"{cls.display_name():24s} {cls.summary()}")
+            if cls.stand_in:
+                print(f"{'':24s}   stand-in: {cls.stand_in}")
     elif what == "suites":
         for name, cls in sorted(SUITES.items()):
             doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()

@@ -234,6 +234,9 @@ class Corrector(ABC):
     paper: ClassVar[str] = ""
     Params: ClassVar[type] = NoParams
     test_params: ClassVar[Mapping[str, Any]] = {}  # tiny settings for the contract test (CPU, seconds)
+    # Not its paper's method (or not at the paper's parameters beyond our budget)? Say what differs:
+    # the name is then shown as "<name> (stand-in)" in listings and report labels.
+    stand_in: ClassVar[str] = ""
 
     def __init__(self, **params: Any) -> None:
         self.params = parse_params(self.Params, params, f"corrector {self.name!r}")
@@ -254,6 +257,11 @@ class Corrector(ABC):
 
     def params_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self.params)
+
+    @classmethod
+    def display_name(cls) -> str:
+        """The name as users see it: stand-ins are marked as such."""
+        return f"{cls.name} (stand-in)" if cls.stand_in else cls.name
 
     @classmethod
     def summary(cls) -> str:

@@ -20,7 +20,6 @@ from deeppatch.data import Splits, load_splits, to_float
 from deeppatch.errors import DeepPatchError
 from deeppatch.models import create_model
 from deeppatch.perturbations import get_perturbation
-from deeppatch.repair_tools import append_validator
 from deeppatch.seeding import make_generator
 from deeppatch.storage import Workspace
 from deeppatch.training import OptimConfig, TrainLoop
@@ -296,70 +295,12 @@ def test_robot_fol_matches_a_per_sample_computation(make_task, pretrained):
     assert rb.bi_end(torch.arange(10.0), 8, 8).tolist() == [0, 1, 2, 3, 4, 9, 8, 7, 6, 5]
 
 
-def test_robot_trains_on_the_selected_tests(make_task, monkeypatch):
-    robot = get_corrector("robot", **{"k_low": 10, "k_high": 10})
-    task = make_task(train_subset=100)
-    selection = robot.select(task)
-    seen = trained_images(monkeypatch)
-    out = run(robot, task)
-    assert as_rows(torch.cat(seen)) == as_rows(selection.pool.x[selection.index])
-    assert out.cost.details["selected_low"] == out.cost.details["selected_high"] == 10
-
-
 # --------------------------------------------------------------------------------------------
 # Apricot
 
 
-def test_apricot_update_moves_toward_the_correct_rdlms():
-    ap = plugin("apricot")
-    gen = torch.Generator().manual_seed(0)
-    w, rdlms = torch.randn(50, generator=gen), torch.randn(4, 50, generator=gen)
-    correct = torch.tensor([True, False, True, False])
-    toward, away = rdlms[correct].mean(0), rdlms[~correct].mean(0)
-    new = ap.adjust(w, rdlms, correct, step=0.1)
-    assert (new - toward).norm() < (w - toward).norm()
-    assert torch.allclose(new, w + 0.1 * 0.5 * (toward - w))
-    pushed = ap.adjust(w, rdlms, correct, step=0.1, strategy="away-from-incorrect")
-    assert (pushed - away).norm() > (w - away).norm()
-
-
-def test_apricot_keeps_val_accuracy_and_approaches_the_rdlm(make_task, pretrained):
-    task = make_task(epochs=2, train_subset=200)
-    out = run("apricot", task, **{"n_rdlms": 1, "subset_size": 100, "step": 0.05})
-    d = out.cost.details
-    assert d["adjusted"] > 0 and d["kept_batches"] > 0
-    assert d["dist_to_rdlm_mean_end"] < d["dist_to_rdlm_mean_start"]  # one rDLM: every kept step moves toward it
-    validate = append_validator(task)
-    assert validate(out.model) >= validate(pretrained) == pytest.approx(d["val_start"])
-    assert out.cost.epochs == 2  # one rDLM x 2 epochs; no retraining epoch per batch
-
-
 # --------------------------------------------------------------------------------------------
 # SENSEI
-
-
-def test_sensei_population_evolves_and_the_worst_variant_is_trained(make_task, pretrained, digits):
-    ss = plugin("sensei")
-    task = make_task(train_subset=60)
-    model = task.copy_model()
-    data = task.train_data()
-    source = ss.SenseiBatches(task, model, data, ss.Params(popsize=4), batch_size=64)
-    initial = source.parents(0).clone()
-    source.search(0)
-    first = source.population.clone()
-    assert not torch.equal(first, initial), "no genetic search happened"
-    source.search(1)
-    assert not torch.equal(source.population, first), "the population did not change between epochs"
-    losses = ss.variant_losses(model, data.x, data.y, source.population, 256)
-    assert (losses[:, 0] >= losses.max(dim=1).values - 1e-4).all(), "population not sorted worst first"
-    x = torch.cat([b for b, _ in source(2)])
-    from deeppatch.perturbations.spatial import apply_genes
-
-    order = torch.randperm(len(data), generator=make_generator(task.seed, "sensei", "order", 2))
-    worst = apply_genes(to_float(data.x[order]), source.population[order, 0])
-    hard = ~source.robust[order]
-    assert hard.any() and torch.allclose(x[hard], worst[hard])
-    assert torch.equal(x[~hard], to_float(data.x[order])[~hard])
 
 
 def test_sensei_trains_clean_images_when_robust(make_task):
@@ -370,21 +311,6 @@ def test_sensei_trains_clean_images_when_robust(make_task):
     x = torch.cat([b for b, _ in source(0)])
     order = torch.randperm(len(data), generator=make_generator(task.seed, "sensei", "order", 0))
     assert source.robust.all() and torch.equal(x, to_float(data.x[order]))
-
-
-def test_sensei_populations_survive_an_interruption(make_task, tmp_path):
-    ss = plugin("sensei")
-    task = make_task(train_subset=40, work_dir=tmp_path)
-    data, p = task.train_data(), ss.Params(popsize=3)
-    first = ss.SenseiBatches(task, task.copy_model(), data, p, 64)
-    first.search(0)
-    survivors = first.population.clone()
-    first.search(1)  # saved the parents of epoch 2: the survivors of epoch 1 (then died, say)
-    resumed = ss.SenseiBatches(make_task(train_subset=40, work_dir=tmp_path, resume=True), task.copy_model(), data,
-                               p, 64)
-    assert torch.equal(resumed.parents(1), survivors)
-    fresh = ss.SenseiBatches(task, task.copy_model(), data, p, 64)
-    assert not torch.equal(fresh.parents(1), survivors)  # without resume: a fresh start
 
 
 def test_epoch_generator_reseeds_per_epoch():

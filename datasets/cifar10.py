@@ -13,6 +13,7 @@ from deeppatch.formats import load_cifar_python
 class CIFAR10(DatasetSource):
     name = "cifar10"
     description = "CIFAR-10, 10 classes, 3x32x32 (torchvision download)"
+    train_size = 50000
     num_classes = 10
     image_shape = (3, 32, 32)
     # The normalisation chenyaofo/pytorch-cifar-models trained with (DEEPPATCH-SPEC section 1).

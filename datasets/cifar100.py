@@ -13,6 +13,7 @@ from deeppatch.formats import load_cifar_python
 class CIFAR100(DatasetSource):
     name = "cifar100"
     description = "CIFAR-100 (fine labels), 100 classes, 3x32x32 (torchvision download)"
+    train_size = 50000
     num_classes = 100
     image_shape = (3, 32, 32)
     mean = (0.507, 0.4865, 0.4409)

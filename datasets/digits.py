@@ -17,6 +17,7 @@ from deeppatch.data import DatasetSource
 class Digits(DatasetSource):
     name = "digits"
     description = "scikit-learn digits, 10 classes, 1x8x8 (ships offline; for tests)"
+    train_size = 1437
     num_classes = 10
     image_shape = (1, 8, 8)
     mean = (0.3053,)

@@ -33,6 +33,7 @@ def _find(folder: Path, stem: str) -> Path | None:
 class FashionMNIST(DatasetSource):
     name = "fashion_mnist"
     description = "Fashion-MNIST, 10 classes, 1x28x28 (embedded default; Debian dataset-fashion-mnist)"
+    train_size = 60000
     num_classes = 10
     image_shape = (1, 28, 28)
     mean = (0.2860,)

@@ -155,6 +155,7 @@ def repair(model: nn.Module, data: Splits, corrector: str | Corrector = "deeppat
     repaired, cost = run_repair(corrector, task)
     fixed = repaired.model.eval()
     setattr(fixed, REPAIR_INFO, {"corrector": corrector.name, "params": corrector.params_dict(),
+                                 "model": _model_name(model), "code_hash": type(corrector).code_hash(),
                                  "perturbation": perturbation, "seed": seed,
                                  "budget": {"epochs": epochs, "train_subset": train_subset,
                                             "batch_size": batch_size},
@@ -192,10 +193,16 @@ def evaluate(models: nn.Module | Mapping[str, nn.Module], data: Splits, suites: 
                                   batch_size=batch_size, corrector=corrector, family=family)
         cost = RepairCost(**info["cost"]) if info else None
         rows.extend(full_rows(measured, benchmark="python-api", dataset=data.info.name,
-                              model=type(getattr(model, "net", model)).__name__, label=str(label), corrector=name,
+                              model=info.get("model") or _model_name(model), label=str(label), corrector=name,
                               params=info.get("params", {}), budget=info.get("budget", {}), seed=seed, cost=cost,
-                              device=dev))
+                              device=dev, code_hash=info.get("code_hash", "")))
     return rows_to_frame(rows)
+
+
+def _model_name(model: nn.Module) -> str:
+    """What a report calls the model under maintenance: the name its repairs inherit, else its class."""
+    info = getattr(model, REPAIR_INFO, None) or {}
+    return str(info.get("model") or type(model).__name__)
 
 
 def report(table: pd.DataFrame, out_dir: str | os.PathLike, *, name: str = "python-api") -> dict[str, Path]:

@@ -15,6 +15,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from deeppatch.commands import bench as bench_commands
 from deeppatch.commands import maintenance as maintenance_commands
@@ -112,8 +113,15 @@ def _print_report(report: dict[str, float], title: str) -> None:
         print(f"  {key:>14s}: {value:6.2f} %")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with one-line errors ("error: ...; see: deeppatch COMMAND --help"), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {' '.join(message.split())}; see: {self.prog} --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="deeppatch", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="deeppatch", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"deeppatch {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -146,7 +154,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except DeepPatchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)  # one line, always
+        return 2
+    except OSError as exc:  # disk full, read-only folder, a folder where a file was expected, ...
+        where = f": {exc.filename!r}" if exc.filename else ""
+        print(f"error: {exc.strerror or type(exc).__name__}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; rerun with -r/--resume to continue", file=sys.stderr)

@@ -30,8 +30,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import importlib.metadata
+import inspect
 import os
-import time
 import types
 import typing
 from abc import ABC, abstractmethod
@@ -42,12 +42,13 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from deeppatch.code_identity import code_hash
 from deeppatch.data import Splits, TensorSplit, stratified_subset
 from deeppatch.errors import DeepPatchError, unknown_choice
 from deeppatch.perturbations.base import Perturbation
 from deeppatch.plugins import discover
 from deeppatch.results import SuiteRow
-from deeppatch.storage import Workspace
+from deeppatch.storage import RepairClock, Workspace
 
 ENTRY_POINT_GROUP = "deeppatch.correctors"
 Restorer = Callable[[Mapping[str, Any]], nn.Module]
@@ -79,6 +80,7 @@ class RepairTask:
     budget: Budget = field(default_factory=Budget)
     workspace: Workspace = field(default_factory=Workspace)  # resume state and shared caches
     show_progress: bool | None = None
+    clock: RepairClock = field(default_factory=RepairClock)  # set by run_repair
 
     @property
     def eval_batch_size(self) -> int:
@@ -100,10 +102,16 @@ class RepairTask:
         return default if self.budget.batch_size is None else int(self.budget.batch_size)
 
     def cached_json(self, kind: str, config: dict[str, Any], compute: Callable[[], Any]) -> Any:
-        """`compute()` once per (model under maintenance, kind, config, data); see `Workspace`."""
+        """`compute()` once per (model under maintenance, kind, config, data); see `Workspace`.
+
+        Work shared between repairs this way is not counted in this repair's time: its one-off cost
+        is reported apart (RepairCost.details["shared_work"]).
+        """
         key = {"seed": self.seed, "perturbation": self.perturbation.name,
                "conditions": list(self.perturbation.conditions), "val": len(self.splits.val), **config}
-        return self.workspace.cached_json(kind, key, compute)
+        item = self.workspace.cached(kind, key, compute)
+        self.clock.exclude(kind, item)
+        return item.value
 
 
 @dataclass
@@ -259,6 +267,11 @@ class Corrector(ABC):
         return dataclasses.asdict(self.params)
 
     @classmethod
+    def code_hash(cls) -> str:
+        """Hash of this corrector's source file and the package modules it imports (cache keys)."""
+        return code_hash([inspect.getsourcefile(cls) or ""])
+
+    @classmethod
     def display_name(cls) -> str:
         """The name as users see it: stand-ins are marked as such."""
         return f"{cls.name} (stand-in)" if cls.stand_in else cls.name
@@ -288,9 +301,9 @@ def run_repair(corrector: Corrector, task: RepairTask) -> tuple[Repaired, Repair
     the repaired model stores beyond the model under maintenance (parameters and BN statistics of a
     patch, a gate, a second model), so a second set of BN statistics counts as added.
     """
-    t0 = time.perf_counter()
+    task = dataclasses.replace(task, clock=task.workspace.clock())
     out = corrector.repair(task)
-    wall = time.perf_counter() - t0
+    wall = task.clock.elapsed()
     if isinstance(out, nn.Module):
         out = Repaired(out)
     if not isinstance(out, Repaired) or not isinstance(out.model, nn.Module):
@@ -300,7 +313,8 @@ def run_repair(corrector: Corrector, task: RepairTask) -> tuple[Repaired, Repair
         wall_time_s=wall,
         trainable_params=count_params(p for p in model.parameters() if p.requires_grad),
         added_params=max(0, stored_numbers(model) - stored_numbers(task.model)),
-        epochs=int(out.epochs), details=dict(out.details),
+        epochs=int(out.epochs), details={**out.details, **({"shared_work": task.clock.shared} if task.clock.shared
+                                                           else {})},
     )
     return out, cost
 

@@ -65,6 +65,9 @@ class DatasetSource(ABC):
     description: ClassVar[str] = ""
     # Default epochs for training a model from scratch on this data set (pretrain stage).
     default_epochs: ClassVar[int] = 10
+    # Images in the official training split (before the validation slice), when known: lets a spec's
+    # train_subset be checked before any data is read.
+    train_size: ClassVar[int | None] = None
 
     @abstractmethod
     def load(self, root: Path, train: bool, download: bool) -> tuple[torch.Tensor, torch.Tensor]:

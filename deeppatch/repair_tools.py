@@ -101,7 +101,7 @@ def train_model(
         model=model, params=params, batches=batches, num_batches=num_batches, epochs=epochs,
         optim=optim or OptimConfig(), device=task.device, step=step, validate=validate, select=select,
         checkpoint_path=task.workspace.state_path(tag), resume=task.workspace.resume, seed=task.seed, desc=tag,
-        show_progress=task.show_progress,
+        show_progress=task.show_progress, on_checkpoint=task.clock.save,
         **({"set_train_mode": set_train_mode} if set_train_mode is not None else {}),
     )
     return loop.run()

@@ -8,6 +8,8 @@ per grid cell. `rows_to_frame` turns rows into a pandas DataFrame with the colum
 from __future__ import annotations
 
 import json
+import math
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,13 @@ COLUMNS = (
     "eval_time_s", "repair_time_s", "trainable_params", "added_params", "epochs",
     # provenance
     "device", "versions", "created",
+    # what produced it: the corrector's code hash; whether the repair beat its starting point on val
+    "code_hash", "kept",
 )
+OPTIONAL_COLUMNS = frozenset({"code_hash", "kept"})  # absent from rows written before they existed
+_TEXT = ("benchmark", "dataset", "model", "corrector", "params", "params_hash", "suite", "condition", "metric")
+_NUMBERS = ("value", "eval_time_s", "repair_time_s")
+_COUNTS = ("n", "trainable_params", "added_params", "epochs")
 
 
 @dataclass
@@ -73,10 +81,62 @@ def complete_row(row: SuiteRow, cell: dict[str, Any]) -> dict[str, Any]:
     return full
 
 
-def rows_to_frame(rows: list[dict[str, Any]]):
+def rows_to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=list(COLUMNS))
 
-    frame = pd.DataFrame(rows, columns=list(COLUMNS))
-    return frame
+
+def check_row(row: Any) -> str | None:
+    """Why `row` is not a valid full row (None when it is): columns, types, finite numbers."""
+    if not isinstance(row, dict):
+        return f"a row must be a JSON object, got {type(row).__name__}"
+    missing = [c for c in COLUMNS if c not in row and c not in OPTIONAL_COLUMNS]
+    if missing:
+        return f"missing column(s) {', '.join(missing)}"
+    for c in _TEXT:
+        if not isinstance(row[c], str):
+            return f"column {c!r} must be text, got {row[c]!r}"
+    if not isinstance(row["seed"], int) or isinstance(row["seed"], bool):
+        return f"column 'seed' must be an integer, got {row['seed']!r}"
+    for c in _NUMBERS:
+        v = row[c]
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v)):
+            return f"column {c!r} must be a finite number, got {v!r}"
+    if row["value"] is None:
+        return "column 'value' is empty"
+    for c in _COUNTS:
+        v = row[c]
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+            return f"column {c!r} must be a count (integer >= 0), got {v!r}"
+    return None
+
+
+def read_cell_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """One cell's rows file, validated line by line; an empty, truncated, binary or malformed file is a
+    `DeepPatchError` naming the file and the line."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DeepPatchError(f"{path}: not a text file (byte {exc.start} is not UTF-8)") from None
+    except OSError as exc:
+        raise DeepPatchError(f"{path}: cannot read: {exc.strerror}") from None
+    if not text.strip():
+        raise DeepPatchError(f"{path}: empty rows file")
+    if not text.endswith("\n"):
+        raise DeepPatchError(f"{path}:{text.count(chr(10)) + 1}: truncated (no end of line)")
+    rows = []
+    for i, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DeepPatchError(f"{path}:{i}: not valid JSON ({exc.msg})") from None
+        problem = check_row(row)
+        if problem:
+            raise DeepPatchError(f"{path}:{i}: {problem}")
+        rows.append(row)
+    return rows
 
 
 # --------------------------------------------------------------------------------------------
@@ -87,28 +147,22 @@ def rows_to_frame(rows: list[dict[str, Any]]):
 #   <results_dir>/failures/<cell_key>.json a failed cell: its identity, error and traceback
 
 
-def write_cell_rows(results_dir, cell_key: str, rows: list[dict[str, Any]]) -> None:
-    """Write one cell's rows atomically (a reader sees all of them or none)."""
-
+def write_cell_rows(results_dir: str | os.PathLike, cell_key: str, rows: list[dict[str, Any]]) -> None:
+    """Write one cell's rows atomically (a reader sees all of them or none), after checking each."""
+    for i, row in enumerate(rows, start=1):
+        problem = check_row(row)
+        if problem:
+            raise ValueError(f"row {i} of cell {cell_key}: {problem}")
     text = "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in rows)
     atomic_write_text(text, Path(results_dir) / "rows" / f"{cell_key}.jsonl")
 
 
-def read_rows(results_dir) -> list[dict[str, Any]]:
-
+def read_rows(results_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """Every cell's rows under `results_dir`, validated (see `read_cell_rows`)."""
     folder = Path(results_dir) / "rows"
     if not folder.is_dir():
         raise DeepPatchError(f"no result rows under {str(results_dir)!r} (expected a rows/ folder)")
-    rows = []
-    for path in sorted(folder.glob("*.jsonl")):
-        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise DeepPatchError(f"{path}:{i + 1} is not valid JSON: {exc}") from exc
-    return rows
+    return [row for path in sorted(folder.glob("*.jsonl")) for row in read_cell_rows(path)]
 
 
 def load_rows(results_dir):
@@ -116,7 +170,6 @@ def load_rows(results_dir):
     return rows_to_frame(read_rows(results_dir))
 
 
-def read_manifest(results_dir) -> dict[str, Any]:
-
+def read_manifest(results_dir: str | os.PathLike) -> dict[str, Any]:
     path = Path(results_dir) / "manifest.json"
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from deeppatch.corrector import Budget, RepairTask, get_corrector, run_repair
-from deeppatch.data import Splits, TensorSplit, load_splits
+from deeppatch.data import Splits, TensorSplit, get_dataset_source, load_splits
 from deeppatch.errors import DeepPatchError
 from deeppatch.evaluation import perturbation_report
 from deeppatch.models.checkpoint import LoadedModel, load_model, save_model
@@ -43,10 +43,29 @@ class StageContext:
     splits: Splits
     family: Perturbation
     base: LoadedModel
+    data_dir: str | None = None
+    noise_type: str = "blur"
+    checkpoint: str | None = None
 
     @property
     def folder(self) -> Path:
         return run_dir(self.output_dir, self.dataset, self.model_name)
+
+    @property
+    def flags(self) -> str:
+        """The flags that located this context, for hints that repeat the user's command faithfully."""
+        parts = [f"-m {self.model_name}", f"-d {self.dataset}"]
+        if str(self.output_dir) != "output":
+            parts.append(f"--output_dir {self.output_dir}")
+        if self.data_dir:
+            parts.append(f"--data_dir {self.data_dir}")
+        if self.noise_type != "blur":
+            parts.append(f"-n {self.noise_type}")
+        if self.seed != 2021:
+            parts.append(f"--seed {self.seed}")
+        if self.checkpoint:
+            parts.append(f"--checkpoint {self.checkpoint}")
+        return " ".join(parts)
 
 
 def open_context(*, model: str, dataset: str, data_dir: str | None, output_dir: str, device: torch.device,
@@ -56,14 +75,18 @@ def open_context(*, model: str, dataset: str, data_dir: str | None, output_dir: 
     family = get_perturbation(noise_type)
     path = Path(checkpoint) if checkpoint else pretrained_path(output_dir, dataset, model)
     if not path.is_file():
-        raise DeepPatchError(
-            f"no model under maintenance at {path}; run 'deeppatch pretrain -m {model} -d {dataset}' first "
-            "or pass --checkpoint")
-    base = load_model(path, expect_arch=None if checkpoint else model, expect_dataset=dataset, device=device)
+        if checkpoint:
+            raise DeepPatchError(f"checkpoint not found: {str(path)!r}")
+        extra = "".join(f" {flag} {value}" for flag, value in (("--output_dir", output_dir), ("--data_dir", data_dir))
+                        if value and str(value) != "output")
+        raise DeepPatchError(f"no model under maintenance at {path}; run 'deeppatch pretrain -m {model} -d "
+                             f"{dataset}{extra}' first or pass --checkpoint")
+    base = load_model(path, expect_arch=model, expect_info=get_dataset_source(dataset).info(), device=device)
     seed_everything(seed)
     splits = load_splits(dataset, data_dir, download=download, val_fraction=val_fraction)
     ensure_writable_dir(run_dir(output_dir, dataset, model))
-    return StageContext(dataset, model, Path(output_dir), device, seed, splits, family, base)
+    return StageContext(dataset, model, Path(output_dir), device, seed, splits, family, base, data_dir=data_dir,
+                        noise_type=noise_type, checkpoint=checkpoint)
 
 
 def ranking_path(ctx: StageContext, method: str) -> Path:
@@ -87,8 +110,7 @@ def run_assess(ctx: StageContext, method: str, *, engine: str = "auto", batch_si
 def read_ranking(ctx: StageContext, method: str) -> dict[str, dict[str, list]]:
     path = ranking_path(ctx, method)
     if not path.is_file():
-        raise DeepPatchError(f"no blame ranking at {path}; run 'deeppatch assess -m {ctx.model_name} "
-                             f"-d {ctx.dataset} -f {method}' first")
+        raise DeepPatchError(f"no blame ranking at {path}; run 'deeppatch assess {ctx.flags} -f {method}' first")
     doc = read_json(path)
     if doc.get("format") != BLAME_FORMAT or "layers" not in doc:
         raise DeepPatchError(f"{path} is not a blame ranking file ({BLAME_FORMAT})")

@@ -13,11 +13,12 @@ import fcntl
 import hashlib
 import json
 import os
-import tempfile
+import secrets
+import time
 import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,15 +43,27 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
 
 
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
+    """`write` a temp file beside `path`, then rename it into place; the temp file is created with
+    mode 0666 less the umask (as a plain open would), not mkstemp's 0600."""
     path = Path(path)
     ensure_writable_dir(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if path.is_dir():
+        raise DeepPatchError(f"cannot write {str(path)!r}: it is a folder")
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            break
+        except FileExistsError:
+            continue
+    else:  # pragma: no cover - 100 collisions of 48 random bits
+        raise DeepPatchError(f"cannot create a temporary file beside {str(path)!r}")
     os.close(fd)
     try:
-        write(Path(tmp))
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
 
@@ -99,13 +112,14 @@ def safe_torch_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
             f"checkpoint {str(p)!r} is corrupt, truncated or not a weights-only checkpoint "
             f"({first[:160]}); delete it and run the stage again"
         ) from exc
-    except Exception as exc:  # pickle.UnpicklingError and friends
+    except Exception as exc:  # pickle.UnpicklingError, and whatever random bytes make the reader raise
         if type(exc).__name__ == "UnpicklingError":
             raise DeepPatchError(
                 f"checkpoint {str(p)!r} holds objects that are not allowed in a weights-only "
                 "checkpoint (refusing to unpickle them)"
             ) from exc
-        raise
+        raise DeepPatchError(f"checkpoint {str(p)!r} is not a readable checkpoint ({type(exc).__name__}); delete "
+                             "it and run the stage again") from exc
 
 
 # --------------------------------------------------------------------------------------------
@@ -131,15 +145,65 @@ def file_lock(path: str | os.PathLike) -> Iterator[None]:
         os.close(fd)
 
 
-def cached_json(folder: str | os.PathLike, key: dict[str, Any], compute: Callable[[], Any]) -> Any:
+@dataclass(frozen=True)
+class Cached:
+    """A keyed artefact: its value, what computing it cost once, and whether this call computed it."""
+
+    value: Any
+    seconds: float
+    computed_here: bool
+    digest: str
+
+
+def cached(folder: str | os.PathLike, key: dict[str, Any], compute: Callable[[], Any]) -> Cached:
     """The JSON artefact for `key` under `folder`, computed and stored once (under a lock)."""
-    path = Path(folder) / f"{stable_hash(key)}.json"
+    digest = stable_hash(key)
+    path = Path(folder) / f"{digest}.json"
     with file_lock(path.with_suffix(".lock")):
         if path.is_file():
-            return read_json(path)["value"]
+            stored = read_json(path)
+            if isinstance(stored, dict) and stored.get("key") == json.loads(json.dumps(key, default=str)) \
+                    and "value" in stored:
+                return Cached(stored["value"], float(stored.get("seconds", 0.0)), False, digest)
+        t0 = time.perf_counter()
         value = compute()
-        atomic_write_json({"key": key, "value": value}, path)
-        return value
+        seconds = time.perf_counter() - t0
+        atomic_write_json({"key": key, "value": value, "seconds": seconds}, path)
+        return Cached(value, seconds, True, digest)
+
+
+def cached_json(folder: str | os.PathLike, key: dict[str, Any], compute: Callable[[], Any]) -> Any:
+    """The value of `cached(folder, key, compute)`."""
+    return cached(folder, key, compute).value
+
+
+@dataclass
+class RepairClock:
+    """Wall time of one repair across interrupted attempts.
+
+    Each checkpoint records the time spent so far (`save`); a resumed attempt starts from what the
+    last checkpoint recorded, so a killed and resumed repair reports the time of the work it kept.
+    Work shared between repairs (a cached blame ranking) is excluded (`exclude`) and reported apart.
+    """
+
+    path: Path | None = None
+    earlier: float = 0.0
+    start: float = field(default_factory=time.perf_counter)
+    excluded: float = 0.0
+    shared: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def elapsed(self) -> float:
+        return max(0.0, self.earlier + time.perf_counter() - self.start - self.excluded)
+
+    def save(self) -> None:
+        if self.path is not None:
+            atomic_write_json({"seconds": self.elapsed()}, self.path)
+
+    def exclude(self, kind: str, item: Cached) -> None:
+        """Take shared work out of this repair's time; remember its one-off cost under `kind`."""
+        if item.computed_here:
+            self.excluded += item.seconds
+        self.shared[kind] = {"seconds": item.seconds, "key": item.digest}
 
 
 @dataclass(frozen=True)
@@ -159,7 +223,17 @@ class Workspace:
     def state_path(self, tag: str) -> Path | None:
         return None if self.state_dir is None else Path(self.state_dir) / f"{tag}.state.pt"
 
-    def cached_json(self, kind: str, key: dict[str, Any], compute: Callable[[], Any]) -> Any:
+    def cached(self, kind: str, key: dict[str, Any], compute: Callable[[], Any]) -> Cached:
         if self.cache_dir is None or self.scope is None:
-            return compute()
-        return cached_json(Path(self.cache_dir) / kind, {"scope": self.scope, "kind": kind, **key}, compute)
+            t0 = time.perf_counter()
+            value = compute()
+            return Cached(value, time.perf_counter() - t0, True, "")
+        return cached(Path(self.cache_dir) / kind, {"scope": self.scope, "kind": kind, **key}, compute)
+
+    def clock(self) -> RepairClock:
+        """A repair clock; with `resume`, it continues from the time the last checkpoint recorded."""
+        path = None if self.state_dir is None else Path(self.state_dir) / "repair-clock.json"
+        earlier = 0.0
+        if self.resume and path is not None and path.is_file():
+            earlier = float(read_json(path).get("seconds", 0.0))
+        return RepairClock(path=path, earlier=earlier)

@@ -114,6 +114,7 @@ class TrainLoop:
     amp: bool = True
     channels_last: bool = True
     show_progress: bool | None = None
+    on_checkpoint: Callable[[], None] | None = None  # called after each epoch's checkpoint is written
 
     def __post_init__(self) -> None:
         if self.select == "auto":
@@ -197,6 +198,8 @@ class TrainLoop:
                      " ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "epoch"))
             self._save_state(model, opt, sched, epoch + 1, history, best_score, best_epoch, best_state,
                              start_score)
+            if self.on_checkpoint is not None and self.checkpoint_path is not None:
+                self.on_checkpoint()
 
         kept = "last"
         if self.select == "best":

@@ -62,11 +62,18 @@ def test_finetune_through_the_corrector_interface(out, capsys):
 
 def test_missing_inputs_are_clear(tmp_path, out, capsys):
     code, _, err = run(["assess", *COMMON, "-f", "perfloss", "--output_dir", str(tmp_path)], capsys)
-    assert code == 2 and "run 'deeppatch pretrain -m tinycnn -d digits' first" in err
+    assert code == 2 and f"run 'deeppatch pretrain -m tinycnn -d digits --output_dir {tmp_path}' first" in err
     code, _, err = run(["correct", *COMMON, "-f", "featswap", "--output_dir", str(out)], capsys)
-    assert code == 2 and "run 'deeppatch assess -m tinycnn -d digits -f featswap' first" in err
-    code, _, err = run(["evaluate", *COMMON, "-f", "perfloss", "--crt_type", "crtunit", "--output_dir", str(out)],
-                       capsys)
-    assert code == 2 and "no repaired model" in err
+    assert code == 2 and f"run 'deeppatch assess -m tinycnn -d digits --output_dir {out} -f featswap' first" in err
+    # asked for a repaired model that is not there: an error with the command that makes it
+    code, _, err = run(["evaluate", *COMMON, "-f", "perfloss", "-c", "patch", "--crt_type", "crtunit",
+                        "--output_dir", str(out)], capsys)
+    assert code == 2 and "no repaired model" in err and f"--output_dir {out}" in err
+    # no -c and no repaired model: the model under maintenance is evaluated, and labelled so
+    code, text, err = run(["evaluate", *COMMON, "-f", "perfloss", "--crt_type", "crtunit", "--suite", "clean",
+                           "--output_dir", str(out)], capsys)
+    assert code == 0, err
+    assert "model under maintenance" in text and "[repaired" not in text
+    assert (out / "digits" / "tinycnn" / "eval_maintenance.json").is_file()
     code, _, err = run(["correct", *COMMON, "-c", "nonsense", "--output_dir", str(out)], capsys)
     assert code == 2 and "unknown corrector 'nonsense'" in err

@@ -72,7 +72,9 @@ def write_spec(folder: Path, correctors: str = CORRECTORS, extra_top: str = "", 
 
 
 def comparable(results: Path) -> list[tuple]:
-    frame = load_rows(results).drop(columns=sorted(TIMING))
+    """Rows without their timings: timestamps, evaluation and repair times, the shared-work timing rows."""
+    frame = load_rows(results)
+    frame = frame[frame["metric"] != "seconds"].drop(columns=sorted(TIMING))
     return sorted(tuple(str(v) for v in row) for row in frame.itertuples(index=False))
 
 

@@ -37,6 +37,7 @@ def test_the_documented_example_runs(tmp_path, monkeypatch, capsys):
     assert len(clean) == 3 and clean["n"].nunique() == 1
     assert table.loc[table.corrector == "deeppatch", "repair_time_s"].iloc[0] > 0
     assert (table.suite == "diagnostics").any()  # DeepPatch's routing rows came through its hook
+    assert table["model"].nunique() == 1  # every repair is reported under the model it repaired
     assert "original" in capsys.readouterr().out
     assert (tmp_path / "report" / "README.md").is_file() and (tmp_path / "report" / "index.html").is_file()
     # the unrepaired model is the report's reference row

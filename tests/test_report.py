@@ -208,7 +208,7 @@ def test_per_condition_tables(built):
 
 def _simple_results(folder: Path, cells: dict[tuple[str, int], list[SuiteRow]]) -> Path:
     for (corrector, seed), suite_rows in cells.items():
-        cell = {"dataset": "digits", "model": "tinycnn", "corrector": corrector, "params": {},
+        cell = {"benchmark": "unit", "dataset": "digits", "model": "tinycnn", "corrector": corrector, "params": {},
                 "params_hash": stable_hash({}), "seed": seed}
         write_cell_rows(folder, f"{corrector}-{seed}", [complete_row(r, cell) for r in suite_rows])
     return folder

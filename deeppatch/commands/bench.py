@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from deeppatch.errors import DeepPatchError
 from deeppatch.harness.bench import override_seeds, parse_only, run_benchmark
 from deeppatch.harness.spec import load_spec
 from deeppatch.reporting.build import build_report
+
+
+def check_separate_roots(results: Path, report: Path) -> None:
+    """The results folder and the report folder must differ and not hold one another."""
+    a, b = results.resolve(), report.resolve()
+    if a == b or a in b.parents or b in a.parents:
+        raise DeepPatchError(f"the results folder {str(results)!r} and the report folder {str(report)!r} must be "
+                             "separate folders (neither inside the other)")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -16,16 +26,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
                                  "gpus_per_task": args.gpus_per_task, "time_limit_min": args.time_limit,
                                  "array_parallelism": args.array_parallelism, "cpus_per_task": args.cpus_per_task
                                  }.items() if v is not None}
+    results, report_dir = Path(args.results or spec.results_dir), Path(args.report_dir or spec.report_dir)
+    if not args.no_report:
+        check_separate_roots(results, report_dir)
     result = run_benchmark(spec, only=parse_only(args.only), device=args.device, launcher=args.launcher,
-                           launcher_options=options, results_dir=args.results,
-                           dry_run=args.dry_run)
+                           launcher_options=options, results_dir=results, dry_run=args.dry_run,
+                           rerun=parse_only(args.rerun, "--rerun") if args.rerun else None)
     if args.dry_run:
         return 0
     report = None
     if not args.no_report:
-        report = build_report(args.results or spec.results_dir, args.report_dir or spec.report_dir)
-    print(f"{spec.name}: {result.cells} cells, {result.skipped} already done, {result.ran} run, "
-          f"{len(result.failed)} failed, {result.seconds:.0f} s")
+        report = build_report(results, report_dir)
+    print(result.summary(spec.name))
     for line in result.failed:
         print(f"  FAILED {line}")
     if report:
@@ -40,6 +52,8 @@ def register(sub: argparse._SubParsersAction, add_common) -> None:
                                    "number of failed cells.")
     p.add_argument("spec", help="benchmark spec (TOML), e.g. benchmarks/quick.toml")
     p.add_argument("--only", default=None, help="run a subset: corrector=NAME,model=NAME,dataset=NAME,seed=N")
+    p.add_argument("--rerun", default=None,
+                   help="run these cells again although they are done (same syntax as --only), e.g. corrector=NAME")
     p.add_argument("--seeds", type=int, default=None, help="run N seeds (the spec's first seed and the next N-1)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: the spec's)")
     p.add_argument("--launcher", choices=("local", "submitit"), default="local")

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
 from deeppatch.corrector import checkpoint_restorers, parse_params
 from deeppatch.data import get_dataset_source, stratified_subset
 from deeppatch.device import resolve_device
-from deeppatch.errors import DeepPatchError
+from deeppatch.errors import DeepPatchError, unknown_choice
 from deeppatch.evaluation import perturbation_report
 from deeppatch.models import get_entry
 from deeppatch.models.checkpoint import load_model
 from deeppatch.perturbations import get_perturbation
 from deeppatch.stages import (
+    StageContext,
     deeppatch_table,
     gate_cost,
     open_context,
@@ -24,7 +26,7 @@ from deeppatch.stages import (
     run_correct_patch,
 )
 from deeppatch.storage import atomic_write_json
-from deeppatch.suites import SuiteContext, get_suite
+from deeppatch.suites import SUITES, SuiteContext, get_suite
 from deeppatch.technique.deeppatch_corrector import DeepPatchParams
 from deeppatch.technique.diagnostics import routing_on_family, validation_diagnostics
 from deeppatch.technique.switch import SwitchedModel
@@ -67,10 +69,28 @@ def _deeppatch_params(args: argparse.Namespace):
     if args.batch_size is not None:
         values["batch_size"] = args.batch_size
     values["momentum"], values["weight_decay"] = args.momentum, args.weight_decay
-    return parse_params(DeepPatchParams, values, "deeppatch correct")
+    try:
+        return parse_params(DeepPatchParams, values, "deeppatch correct")
+    except DeepPatchError as exc:
+        raise DeepPatchError(flag_names(str(exc))) from None
+
+
+# DeepPatch's parameter names -> the flags of the original README that set them
+PARAM_FLAGS = {"unit": "--crt_type", "ratio": "--susp_ratio", "side": "--susp_side", "grouped": "--grouped",
+               "layers": "--layers", "init": "--patch_init", "gate": "--gate", "routing": "--routing",
+               "gate_epochs": "--gate_epochs", "epochs": "--crt_epoch", "lr": "--lr", "batch_size": "-b/--batch_size",
+               "momentum": "--momentum", "weight_decay": "--weight_decay"}
+
+
+def flag_names(message: str) -> str:
+    """Name the flag the user typed instead of the parameter it sets ("parameter 'ratio'" -> "--susp_ratio")."""
+    for param, flag in PARAM_FLAGS.items():
+        message = message.replace(f"parameter {param!r}", flag)
+    return message
 
 
 def cmd_correct(args: argparse.Namespace) -> int:
+    args.crt_method = args.crt_method or "patch"
     if args.crt_method == "patch":
         args.layers = [p for p in args.layers.split(",") if p]
         params = _deeppatch_params(args)
@@ -88,8 +108,11 @@ def cmd_correct(args: argparse.Namespace) -> int:
     for key, value in (("epochs", args.crt_epoch if args.crt_epoch is not None else args.max_epoch), ("lr", args.lr)):
         if value is not None:
             params[key] = value
-    out = run_correct_corrector(ctx, args.crt_method, params, epochs=None, train_subset=args.train_subset,
-                                batch_size=args.batch_size, resume=args.resume)
+    try:
+        out = run_correct_corrector(ctx, args.crt_method, params, epochs=None, train_subset=args.train_subset,
+                                    batch_size=args.batch_size, resume=args.resume)
+    except DeepPatchError as exc:
+        raise DeepPatchError(flag_names(str(exc))) from None
     print(f"{args.crt_method}: repaired in {out['cost']['wall_time_s']:.0f} s; checkpoint: {out['checkpoint']}")
     return 0
 
@@ -102,32 +125,66 @@ def _print_table(table: dict[str, dict[str, float]]) -> None:
         print(f"{variant:<{width}s}" + "".join(f"{row[c]:11.2f}" for c in conditions))
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    if args.n_eval is not None and args.n_eval <= 0:
-        raise DeepPatchError(f"--n-eval must be positive, got {args.n_eval}")
-    ctx = _context(args, args.base_checkpoint)
+def _suite_names(text: str) -> list[str]:
+    """--suite a,b: checked before any evaluation starts (a typo must not cost a minute of work)."""
+    names = [n.strip() for n in (text or "").split(",") if n.strip()]
+    for name in names:
+        if name not in SUITES:
+            raise unknown_choice("suite", name, SUITES, where="--suite")
+    return names
+
+
+def _evaluation_targets(args: argparse.Namespace, ctx: StageContext) -> list[Path | None]:
+    """The checkpoint of every model to evaluate; None stands for the model under maintenance."""
     if args.checkpoint:
-        paths = [Path(args.checkpoint)]
-    elif args.crt_method == "patch":
+        return [Path(args.checkpoint)]
+    method = args.crt_method or "patch"
+    if method == "patch":
         ratios = (0.15, 0.25, 0.35, 0.45, 0.55, 0.65, 0.75, 0.85, 0.95) if args.fs_method == "ratioestim" \
             else (args.susp_ratio,)
         paths = [ctx.folder / f"model_{patch_tag(args.fs_method, args.crt_type, args.susp_side, r)}.pt"
                  for r in ratios]
     else:
-        paths = [ctx.folder / f"model_{args.crt_method}.pt"]
-    for p in paths:
-        if not p.is_file():
-            raise DeepPatchError(f"no repaired model at {p}; run the correct stage first (same flags)")
+        paths = [ctx.folder / f"model_{method}.pt"]
+    missing = [p for p in paths if not p.is_file()]
+    if missing and args.crt_method is None and len(missing) == len(paths):
+        print(f"no repaired model at {missing[0]}: evaluating the model under maintenance ({ctx.base.path})")
+        return [None]
+    if missing:
+        raise DeepPatchError(f"no repaired model at {missing[0]}; run the correct stage first with the same flags: "
+                             f"deeppatch correct {ctx.flags} -c {method}")
+    return list(paths)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    if args.n_eval is not None and args.n_eval <= 0:
+        raise DeepPatchError(f"--n-eval must be positive, got {args.n_eval}")
+    suites = _suite_names(args.suite)
+    if args.routing_family:
+        get_perturbation(args.routing_family)
+    ctx = _context(args, args.base_checkpoint)
+    targets = _evaluation_targets(args, ctx)
+    n_test = len(ctx.splits.test)
+    if args.n_eval is not None and args.n_eval > n_test:
+        print(f"warning: --n-eval {args.n_eval} is larger than the test split; using all {n_test} test images",
+              file=sys.stderr)
     test = stratified_subset(ctx.splits.test, args.n_eval, ctx.seed).to(ctx.device)
     batch = args.batch_size or 256
     routings = ["per-sample", "batch-majority"] if args.routing == "all" else [args.routing]
     gates = ["reference", "learned"] if args.gate == "all" else [args.gate]
     report: dict[str, Any] = {"dataset": ctx.dataset, "model": ctx.model_name, "n_test": len(test),
-                              "batch_size": batch, "versions": environment_versions(), "results": {}}
-    for path in paths:
-        loaded = load_model(path, expect_dataset=ctx.dataset, device=ctx.device, restorers=checkpoint_restorers())
-        model = loaded.model
-        entry: dict[str, Any] = {"checkpoint": str(path), "kind": loaded.kind}
+                              "n_eval_asked": args.n_eval, "batch_size": batch, "versions": environment_versions(),
+                              "results": {}}
+    for path in targets:
+        if path is None:
+            model, kind, name = ctx.base.model, "model under maintenance", "maintenance"
+        else:
+            loaded = load_model(path, expect_arch=ctx.model_name, expect_info=ctx.splits.info, device=ctx.device,
+                                restorers=checkpoint_restorers())
+            model, name = loaded.model, path.stem.removeprefix("model_")
+            repaired = loaded.kind != "plain" or str(loaded.record.get("meta", {}).get("stage", "")) == "correct"
+            kind = f"repaired ({loaded.kind})" if repaired else "plain model"
+        entry: dict[str, Any] = {"checkpoint": str(path or ctx.base.path), "kind": kind}
         if isinstance(model, SwitchedModel):
             if args.fs_method == "ratioestim":
                 model.configure(mode="patched")
@@ -138,13 +195,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 entry["routing_test"] = [r.to_dict() for r in validation_diagnostics(
                     model, test, expanded, list(ctx.family.conditions), ctx.device, split_name="test")]
                 entry["cost"] = gate_cost(model, test, ctx.device, batch)
+        elif path is None:
+            table = {"model under maintenance": perturbation_report(model, test, ctx.family, batch_size=batch,
+                                                                    device=ctx.device, desc="original")}
         else:
             table = {"original": perturbation_report(ctx.base.model, test, ctx.family, batch_size=batch,
                                                      device=ctx.device, desc="original"),
-                     path.stem.removeprefix("model_"): perturbation_report(model, test, ctx.family, batch_size=batch,
-                                                                           device=ctx.device, desc=path.stem)}
+                     f"{name} [{kind}]": perturbation_report(model, test, ctx.family, batch_size=batch,
+                                                             device=ctx.device, desc=name)}
         entry["table"] = table
-        print(f"== {path.name} ({len(test)} test images)")
+        print(f"== {name}: {kind} ({len(test)} test images)")
         _print_table(table)
         if "routing_test" in entry:
             print("routing on test (per-sample): " + ", ".join(
@@ -155,21 +215,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 entry["routing_unseen"] = [r.to_dict() for r in unseen]
                 print(f"routing of {args.routing_family} (never seen by the gates): " + ", ".join(
                     f"{r.condition} {r.value:.1f}" for r in unseen))
-        if args.suite:
-            entry["suites"] = _run_suites(args, model, ctx, test)
-        report["results"][path.stem] = entry
-    out = atomic_write_json(report, ctx.folder / f"eval_{args.crt_method}_{args.fs_method}.json")
+        if suites:
+            entry["suites"] = _run_suites(args, suites, model, ctx, test, compare=path is not None)
+        report["results"][path.stem if path is not None else "maintenance"] = entry
+    stem = ("maintenance" if targets[0] is None else
+            f"{args.crt_method or 'patch'}_{args.fs_method}" if not args.checkpoint else Path(args.checkpoint).stem)
+    out = atomic_write_json(report, ctx.folder / f"eval_{stem}.json")
     print(f"report: {out}")
     return 0
 
 
-def _run_suites(args: argparse.Namespace, model, ctx, test) -> list[dict[str, Any]]:
+def _run_suites(args: argparse.Namespace, suites: list[str], model, ctx, test, compare: bool) -> list[dict[str, Any]]:
     rows = []
     suite_ctx = SuiteContext(ctx.splits.info, test, ctx.device, seed=ctx.seed, batch_size=args.batch_size or 256,
                              cache_dir=Path(args.output_dir) / "cache" / ctx.dataset,
                              data_dir=Path(args.data_dir) if args.data_dir else None)
-    for name in [s.strip() for s in args.suite.split(",") if s.strip()]:
-        for which, m in (("original", ctx.base.model), ("repaired", model)):
+    models = (("original", ctx.base.model), ("evaluated", model)) if compare else (("model under maintenance", model),)
+    for name in suites:
+        for which, m in models:
             for row in get_suite(name).evaluate(m, suite_ctx):
                 rows.append({"model": which, **row.to_dict()})
                 print(f"  [{which}] {row.suite} {row.condition}: {row.value:.4g} ({row.metric}, n={row.n})")
@@ -179,8 +242,10 @@ def _run_suites(args: argparse.Namespace, model, ctx, test) -> list[dict[str, An
 def _identity_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("-f", "--fs_method", "--fs-method", choices=FS_METHODS, default="perfloss",
                    help="blame method (ratioestim: the susp_ratio sweep)")
-    p.add_argument("-c", "--crt_method", "--crt-method", default="patch",
-                   help="patch (DeepPatch) or finetune, or any corrector name (see: deeppatch list correctors)")
+    p.add_argument("-c", "--crt_method", "--crt-method", default=None,
+                   help="patch (DeepPatch, the default) or finetune, or any corrector name (see: deeppatch list "
+                        "correctors); evaluate without -c and without a repaired model evaluates the model under "
+                        "maintenance")
     p.add_argument("--crt_type", "--crt-type", choices=("crtunit", "replace"), default="replace",
                    help="patch unit: replace (DP) or crtunit (DeepCorrect-style)")
     p.add_argument("--susp_ratio", "--susp-ratio", type=float, default=0.25, help="fraction of filters patched")

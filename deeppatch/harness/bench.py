@@ -13,15 +13,19 @@ from deeppatch.errors import DeepPatchError, unknown_choice
 from deeppatch.harness.launchers import LAUNCHERS, submitit_launch
 from deeppatch.harness.runner import (
     failure_path,
+    finished_rows,
+    forget_cell,
     maintenance_path,
     record_failure,
     repaired_path,
+    retire_stale_rows,
     rows_path,
     run_cell,
     write_manifest,
 )
 from deeppatch.harness.spec import Cell, Spec
 from deeppatch.progress import progress
+from deeppatch.storage import ensure_writable_dir
 
 log = logging.getLogger(__name__)
 
@@ -30,15 +34,28 @@ ONLY_KEYS = ("dataset", "model", "corrector", "seed")
 
 @dataclass
 class BenchResult:
+    """What one bench process did: cells found done, run here, finished by another worker, failed."""
+
     cells: int
     skipped: int
     ran: int
     failed: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    by_others: int = 0  # cells another process on the same results folder finished while this one waited
+    rerun: int = 0
+
+    def summary(self, name: str) -> str:
+        parts = [f"{self.cells} cells", f"{self.skipped} already done", f"{self.ran - self.by_others} run here"]
+        if self.by_others:
+            parts.append(f"{self.by_others} finished by another process (waited for)")
+        if self.rerun:
+            parts.append(f"{self.rerun} forced to rerun")
+        parts.append(f"{len(self.failed)} failed")
+        return f"{name}: {', '.join(parts)}, {self.seconds:.0f} s"
 
 
-def parse_only(text: str | None) -> dict[str, set[str]]:
-    """--only corrector=deeppatch,model=smallcnn (repeat a key for several values)."""
+def parse_only(text: str | None, flag: str = "--only") -> dict[str, set[str]]:
+    """--only / --rerun corrector=deeppatch,model=smallcnn (repeat a key for several values)."""
     out: dict[str, set[str]] = {}
     for part in (text or "").split(","):
         if not part.strip():
@@ -46,19 +63,20 @@ def parse_only(text: str | None) -> dict[str, set[str]]:
         key, sep, value = part.partition("=")
         key = key.strip()
         if not sep or key not in ONLY_KEYS:
-            raise DeepPatchError(f"--only takes key=value pairs with keys {', '.join(ONLY_KEYS)}; got {part!r}")
+            raise DeepPatchError(f"{flag} takes key=value pairs with keys {', '.join(ONLY_KEYS)}; got {part!r}")
         out.setdefault(key, set()).add(value.strip())
     return out
 
 
-def select_cells(spec: Spec, only: dict[str, set[str]]) -> list[Cell]:
+def select_cells(spec: Spec, only: dict[str, set[str]], what: str = "--only") -> list[Cell]:
     cells = spec.cells()
     values = {"dataset": lambda c: {c.dataset.name}, "model": lambda c: {c.model.name},
               "corrector": lambda c: {c.corrector.label, c.corrector.name}, "seed": lambda c: {str(c.seed)}}
     for key, wanted in only.items():
         cells = [c for c in cells if values[key](c) & wanted]
     if not cells:
-        raise DeepPatchError(f"--only {only} selects no cell of the spec")
+        asked = ",".join(f"{k}={v}" for k, values in sorted(only.items()) for v in sorted(values))
+        raise DeepPatchError(f"{what} {asked} selects no cell of the spec")
     return cells
 
 
@@ -90,9 +108,10 @@ def describe_grid(spec: Spec, cells: list[Cell], results_dir: Path) -> list[str]
 
 def run_benchmark(spec: Spec, *, only: dict[str, set[str]] | None = None, device: str | None = None,
                   launcher: str = "local", launcher_options: dict[str, Any] | None = None,
-                  results_dir: str | Path | None = None,
+                  results_dir: str | Path | None = None, rerun: dict[str, set[str]] | None = None,
                   dry_run: bool = False, show_progress: bool | None = None) -> BenchResult:
-    """Run every cell of `spec` (or of `only`) that has no rows yet; the caller builds the report."""
+    """Run every cell of `spec` (or of `only`) that has no valid rows yet (and those `rerun` selects);
+    the caller builds the report."""
     if launcher not in LAUNCHERS:
         raise unknown_choice("launcher", launcher, LAUNCHERS)
     t0 = time.perf_counter()
@@ -101,12 +120,22 @@ def run_benchmark(spec: Spec, *, only: dict[str, set[str]] | None = None, device
         spec.device = device
     torch_device = resolve_device(spec.device)
     cells = select_cells(spec, only or {})
+    forced = select_cells(spec, rerun, what="--rerun") if rerun else []
     if dry_run:
         print("\n".join(describe_grid(spec, cells, results)))
         return BenchResult(len(cells), 0, 0)
+    ensure_writable_dir(results)  # the one failure that stops the run: the results folder itself
     write_manifest(spec, results, torch_device)
-    todo = [c for c in cells if not rows_path(results, c).is_file()]
-    result = BenchResult(len(cells), len(cells) - len(todo), 0)
+    stale = retire_stale_rows(results, cells)
+    if stale:
+        log.warning("%d rows file(s) of earlier versions of these cells (other config or code) moved to %s",
+                    stale, results / "stale")
+    forced_keys = {c.key() for c in forced} & {c.key() for c in cells}
+    for cell in cells:
+        if cell.key() in forced_keys:
+            forget_cell(results, cell)
+    todo = [c for c in cells if finished_rows(results, c) is None]
+    result = BenchResult(len(cells), len(cells) - len(todo), 0, rerun=len(forced_keys))
     bar = progress(total=len(cells), initial=result.skipped, desc=f"bench {spec.name}", unit="cell",
                    enable=show_progress, leave=True)
 
@@ -121,13 +150,19 @@ def run_benchmark(spec: Spec, *, only: dict[str, set[str]] | None = None, device
         for cell in todo:
             bar.set_postfix_str(cell.describe(), refresh=True)
             try:
-                run_cell(cell, results, device=torch_device, show_progress=show_progress)
+                _, how = run_cell(cell, results, device=torch_device, show_progress=show_progress)
+                result.by_others += how != "ran"
                 done(cell, "ok")
             except KeyboardInterrupt:
                 bar.close()
                 raise
-            except Exception as exc:
-                record_failure(results, cell, exc)
+            except Exception as exc:  # recorded per cell; the grid goes on
+                try:
+                    record_failure(results, cell, exc)
+                except OSError as io:
+                    bar.close()
+                    raise DeepPatchError(f"cannot write to the results folder {str(results)!r}: "
+                                         f"{io.strerror or io}") from None
                 done(cell, f"{type(exc).__name__}: {exc}")
     else:
         options = {**spec.launcher, **(launcher_options or {})}

@@ -45,7 +45,7 @@ def evaluate_model(
 
 def full_rows(rows: list[SuiteRow], *, benchmark: str, dataset: str, model: str, label: str, corrector: str,
               params: Mapping[str, Any], budget: Mapping[str, Any], seed: int, cost: RepairCost | None,
-              device: torch.device) -> list[dict[str, Any]]:
+              device: torch.device, code_hash: str = "") -> list[dict[str, Any]]:
     """Complete suite rows with what produced them: the cell's identity, the repair's cost, provenance."""
     identity = {
         "benchmark": benchmark, "dataset": dataset, "model": model, "corrector": label,
@@ -54,6 +54,8 @@ def full_rows(rows: list[SuiteRow], *, benchmark: str, dataset: str, model: str,
         "seed": seed, "repair_time_s": cost.wall_time_s if cost else 0.0,
         "trainable_params": cost.trainable_params if cost else 0, "added_params": cost.added_params if cost else 0,
         "epochs": cost.epochs if cost else 0, "device": device_name(device), "versions": environment_versions(),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "code_hash": code_hash,
+        # whether the repair's training beat its starting point on validation ("best") or not
+        "kept": str(cost.details.get("kept", "")) if cost else "",
     }
     return [complete_row(r, identity) for r in rows]

@@ -7,8 +7,8 @@ recorded with its error under failures/ and does not stop the others.
 
 from __future__ import annotations
 
-import json
 import logging
+import os
 import shutil
 import time
 import traceback
@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from deeppatch.code_identity import module_code_hash
 from deeppatch.corrector import Budget, RepairCost, RepairTask, checkpoint_restorers, get_corrector, run_repair
 from deeppatch.data import Splits, load_splits, stratified_subset
 from deeppatch.device import resolve_device
@@ -29,7 +30,7 @@ from deeppatch.harness.spec import Cell, Spec
 from deeppatch.models.checkpoint import load_model, save_model
 from deeppatch.perturbations import get_perturbation
 from deeppatch.pretrain import PretrainConfig, checkpoint_extra, checkpoint_kind, default_epochs, obtain_model
-from deeppatch.results import SuiteRow, write_cell_rows
+from deeppatch.results import SuiteRow, read_cell_rows, write_cell_rows
 from deeppatch.seeding import seed_everything
 from deeppatch.storage import Workspace, atomic_write_json, file_lock, stable_hash
 from deeppatch.versions import device_name, environment_versions
@@ -46,8 +47,9 @@ def failure_path(results_dir: Path, cell: Cell) -> Path:
 
 
 def model_key(cell: Cell) -> str:
+    """The model under maintenance's key: its data set, model and seed, and the code that trains it."""
     return stable_hash({"dataset": cell.dataset.config(), "model": cell.model.config(),
-                        "seed": cell.spec.pretrain_seed})
+                        "seed": cell.spec.pretrain_seed, "code": module_code_hash("deeppatch.pretrain")})
 
 
 def maintenance_path(results_dir: Path, cell: Cell) -> Path:
@@ -89,17 +91,53 @@ def maintenance_model(cell: Cell, splits: Splits, results_dir: Path, device: tor
         return model.to(device).eval(), source
 
 
+def finished_rows(results_dir: Path, cell: Cell) -> list[dict[str, Any]] | None:
+    """The cell's stored rows when they exist and are valid; None when the cell is to run (again).
+
+    An empty, truncated, binary or malformed rows file is not a finished cell: it is reported (file
+    and line) and the cell reruns.
+    """
+    path = rows_path(results_dir, cell)
+    if not path.is_file():
+        return None
+    try:
+        return read_cell_rows(path)
+    except DeepPatchError as exc:
+        log.warning("%s; the cell will run again", exc)
+        return None
+
+
+def retire_stale_rows(results_dir: Path, cells: list[Cell]) -> int:
+    """Move rows of earlier versions of these cells (other config or code, same data set, model, label and
+    seed) to stale/, so that a report shows what the current spec and code produced. Returns how many."""
+    moved = 0
+    for cell in cells:
+        for path in sorted((Path(results_dir) / "rows").glob(f"{cell.slug()}__*.jsonl")):
+            if path.stem != cell.key() and path.stem.rsplit("__", 1)[0] == cell.slug():
+                target = Path(results_dir) / "stale" / path.name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(path, target)
+                moved += 1
+    return moved
+
+
+def forget_cell(results_dir: Path, cell: Cell) -> None:
+    """Remove a cell's rows, repaired model and failure record, so that it runs again (--rerun)."""
+    for path in (rows_path(results_dir, cell), repaired_path(results_dir, cell), failure_path(results_dir, cell)):
+        path.unlink(missing_ok=True)
+
+
 def run_cell(cell: Cell, results_dir: Path, *, device: torch.device | None = None,
-             show_progress: bool | None = None) -> list[dict[str, Any]]:
-    """Repair and evaluate one cell; write and return its full rows.
+             show_progress: bool | None = None) -> tuple[list[dict[str, Any]], str]:
+    """Repair and evaluate one cell; write its full rows. Returns (rows, "ran" or "done by another worker").
 
     Holds the cell's lock: a second worker on the same results folder waits, then finds the rows.
     """
     with file_lock(Path(results_dir) / "locks" / f"{cell.key()}.lock"):
-        done = rows_path(results_dir, cell)
-        if done.is_file():
-            return [json.loads(line) for line in done.read_text(encoding="utf-8").splitlines() if line.strip()]
-        return _run_cell(cell, Path(results_dir), device=device, show_progress=show_progress)
+        done = finished_rows(Path(results_dir), cell)
+        if done is not None:
+            return done, "done by another worker"
+        return _run_cell(cell, Path(results_dir), device=device, show_progress=show_progress), "ran"
 
 
 def _run_cell(cell: Cell, results_dir: Path, *, device: torch.device | None,
@@ -139,10 +177,14 @@ def _run_cell(cell: Cell, results_dir: Path, *, device: torch.device | None,
                           cache_dir=results_dir / "cache" / "suites",
                           data_dir=Path(cell.dataset.data_dir) if cell.dataset.data_dir else None)
     rows.extend(diagnostics)
+    rows.extend(SuiteRow("diagnostics", f"shared work/{kind}", float(info["seconds"]), 1, group="shared work",
+                         metric="seconds", source="cache", settings={"key": info["key"]})
+                for kind, info in sorted(cost.details.get("shared_work", {}).items()))
     rows.extend(corrector.evaluation_rows(model, test, family, device, spec.eval_batch_size))
     full = full_rows(rows, benchmark=spec.name, dataset=cell.dataset.name, model=cell.model.name,
                      label=cell.corrector.label, corrector=cell.corrector.name, params=cell.corrector.params,
-                     budget=cell.effective_budget(), seed=cell.seed, cost=cost, device=device)
+                     budget=cell.effective_budget(), seed=cell.seed, cost=cost, device=device,
+                     code_hash=cell.corrector.code)
     write_cell_rows(results_dir, cell.key(), full)
     failure_path(results_dir, cell).unlink(missing_ok=True)
     shutil.rmtree(work, ignore_errors=True)
@@ -164,6 +206,8 @@ def write_manifest(spec: Spec, results_dir: Path, device: torch.device) -> None:
                        "description": spec.description, "spec_content": spec.raw,
                        "git_commit": versions.get("git_commit"), "versions": versions,
                        "device": device_name(device), "seeds": spec.seeds, "n_eval": spec.n_eval,
+                       "code": {"harness": spec.harness_code,
+                                "correctors": {c.label: c.code for c in spec.correctors}},
                        "suite_n_eval": spec.suite_n_eval, "maintenance": {"perturbation": spec.perturbation,
                                                                           **spec.perturbation_settings}},
                       Path(results_dir) / "manifest.json")

@@ -11,20 +11,21 @@ are fixed values (lists there stay lists, e.g. ``layers``).
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from deeppatch.code_identity import module_code_hash
 from deeppatch.corrector import get_corrector
 from deeppatch.data import get_dataset_source
 from deeppatch.device import DEVICE_CHOICES
 from deeppatch.errors import DeepPatchError, unknown_choice
 from deeppatch.models import get_entry
 from deeppatch.perturbations import get_perturbation
+from deeppatch.storage import stable_hash
 from deeppatch.suites import get_suite
 
 if sys.version_info >= (3, 11):
@@ -44,6 +45,7 @@ EVALUATION_KEYS = {"n_eval", "batch_size"}
 LAUNCHER_KEYS = {"name", "cluster", "partition", "gpus_per_task", "cpus_per_task", "time_limit_min",
                  "array_parallelism", "mem_gb", "folder"}
 WEIGHTS = ("auto", "pretrained", "scratch")
+SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")  # a folder name that stays inside its root
 
 
 def _check_keys(table: Any, allowed: set[str], where: str, file: str) -> dict[str, Any]:
@@ -99,6 +101,7 @@ class CorrectorConfig:
     params: dict[str, Any]
     label: str
     budget: dict[str, Any]
+    code: str = ""  # hash of the corrector's source and the package modules it imports
 
     def params_hash(self) -> str:
         return stable_hash({"name": self.name, "params": self.params, "budget": self.budget})
@@ -127,6 +130,7 @@ class Spec:
     results_dir: str
     report_dir: str
     raw: dict[str, Any] = field(default_factory=dict)
+    harness_code: str = ""  # hash of the runner's source and what it imports (suites, models, data, ...)
 
     def cells(self) -> list[Cell]:
         return [Cell(self, d, m, c, s) for d, m, c, s in
@@ -150,22 +154,23 @@ class Cell:
                 "corrector": {"name": self.corrector.name, "params": self.corrector.params,
                               "budget": self.effective_budget()},
                 "maintenance": {"perturbation": s.perturbation, "settings": s.perturbation_settings},
-                "suites": s.suites, "suite_n_eval": s.suite_n_eval, "n_eval": s.n_eval, "seed": self.seed}
+                "suites": s.suites, "suite_n_eval": s.suite_n_eval, "n_eval": s.n_eval, "seed": self.seed,
+                "code": {"corrector": self.corrector.code, "harness": s.harness_code}}
 
     def effective_budget(self) -> dict[str, Any]:
         return {**self.spec.budget, **self.corrector.budget}
 
-    def key(self) -> str:
+    def slug(self) -> str:
+        """The readable part of the key: the same for every version of this cell (config or code)."""
         readable = f"{self.dataset.name}__{self.model.name}__{self.corrector.label}__s{self.seed}"
-        safe = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in readable)
-        return f"{safe}__{stable_hash(self.config())}"
+        return "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in readable)
+
+    def key(self) -> str:
+        return f"{self.slug()}__{stable_hash(self.config())}"
 
     def describe(self) -> str:
         return f"{self.dataset.name} / {self.model.name} / {self.corrector.label} / seed {self.seed}"
 
-
-def stable_hash(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def _label(name: str, combo: dict[str, Any], base_label: str | None) -> str:
@@ -201,7 +206,9 @@ def _expand_corrector(entry: dict[str, Any], file: str, index: int, plugin_dirs:
             corrector = get_corrector(name, plugin_dirs=plugin_dirs, **merged)  # validates name and every value
         except DeepPatchError as exc:
             raise DeepPatchError(f"{file}: {where}: {exc}") from None
-        out.append(CorrectorConfig(name, corrector.params_dict(), _label(name, combo, entry.get("label")), budget))
+        cls = type(corrector)
+        label = _label(cls.display_name(), combo, entry.get("label"))
+        out.append(CorrectorConfig(name, corrector.params_dict(), label, budget, cls.code_hash()))
     return out
 
 
@@ -209,10 +216,16 @@ def load_spec(path: str | Path) -> Spec:
     """Read and validate a spec file."""
     p = Path(path)
     file = str(p)
+    if p.is_dir():
+        raise DeepPatchError(f"benchmark spec {file!r} is a folder; pass a .toml file (e.g. benchmarks/quick.toml)")
     try:
         raw = tomllib.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise DeepPatchError(f"benchmark spec not found: {file}") from None
+    except UnicodeDecodeError:
+        raise DeepPatchError(f"{file}: not a text file (a benchmark spec is TOML)") from None
+    except OSError as exc:
+        raise DeepPatchError(f"cannot read benchmark spec {file!r}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise DeepPatchError(f"{file}: not valid TOML: {exc}") from None
     return parse_spec(raw, file)
@@ -221,12 +234,16 @@ def load_spec(path: str | Path) -> Spec:
 def parse_spec(raw: dict[str, Any], file: str = "<spec>") -> Spec:
     _check_keys(raw, TOP_KEYS, "the top level", file)
     name = raw.get("name") or Path(file).stem
-    seeds = raw.get("seeds", [0])
-    if isinstance(seeds, int) and not isinstance(seeds, bool):
-        seeds = list(range(seeds))
+    if not isinstance(name, str) or not SAFE_NAME.fullmatch(name):
+        raise DeepPatchError(f"{file}: name {name!r} must be letters, digits, '.', '_' or '-' (not starting with "
+                             "'.'): it names the results and report folders")
+    given = raw.get("seeds", [0])
+    seeds = list(range(given)) if isinstance(given, int) and not isinstance(given, bool) and given > 0 else given
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
                                                            for s in seeds):
-        raise DeepPatchError(f"{file}: seeds must be a count or a non-empty list of integers, got {seeds!r}")
+        raise DeepPatchError(f"{file}: seeds must be a positive count or a non-empty list of integers, got {given!r}")
+    if len(set(seeds)) != len(seeds):
+        raise DeepPatchError(f"{file}: seeds {given!r} repeat a seed")
     device = str(raw.get("device", "auto"))
     if device not in DEVICE_CHOICES and not device.startswith("cuda:"):
         raise unknown_choice("device", device, DEVICE_CHOICES, where=file)
@@ -250,6 +267,7 @@ def parse_spec(raw: dict[str, Any], file: str = "<spec>") -> Spec:
         except DeepPatchError as exc:
             raise DeepPatchError(f"{file}: [[datasets]] #{i + 1}: {exc}") from None
         datasets.append(DatasetEntry(**d))
+    _no_duplicates([d.name for d in datasets], "[[datasets]]", file)
     models = []
     for i, m in enumerate(raw.get("models", [])):
         where = f"[[models]] #{i + 1}"
@@ -267,6 +285,7 @@ def parse_spec(raw: dict[str, Any], file: str = "<spec>") -> Spec:
         models.append(ModelEntry(**m))
     if not datasets or not models:
         raise DeepPatchError(f"{file}: a spec needs at least one [[datasets]] and one [[models]] entry")
+    _no_duplicates([m.name for m in models], "[[models]]", file)
     correctors = [c for i, e in enumerate(raw.get("correctors", []))
                   for c in _expand_corrector(e, file, i, plugin_dirs)]
     if not correctors:
@@ -293,6 +312,12 @@ def parse_spec(raw: dict[str, Any], file: str = "<spec>") -> Spec:
     budget = _check_keys(raw.get("budget", {}), BUDGET_KEYS, "[budget]", file)
     for key in BUDGET_KEYS:
         _positive_int(budget.get(key), key, "[budget]", file)
+    for c in correctors:
+        for d in datasets:
+            _check_train_subset({**budget, **c.budget}.get("train_subset"), d, f"the budget of {c.label!r}", file)
+    for m in models:
+        for d in datasets:
+            _check_train_subset(m.train_subset, d, f"[[models]] {m.name!r}", file)
     evaluation = _check_keys(raw.get("evaluation", {}), EVALUATION_KEYS, "[evaluation]", file)
     launcher = _check_keys(raw.get("launcher", {}), LAUNCHER_KEYS, "[launcher]", file)
     return Spec(
@@ -304,5 +329,26 @@ def parse_spec(raw: dict[str, Any], file: str = "<spec>") -> Spec:
         launcher=dict(launcher), pretrain_seed=int(raw.get("pretrain_seed", 2021)),
         results_dir=str(raw.get("results_dir", f"results/{name}")), report_dir=str(raw.get("report_dir",
                                                                                           f"reports/{name}")),
-        raw=raw,
+        raw=raw, harness_code=module_code_hash("deeppatch.harness.runner"),
     )
+
+
+def _no_duplicates(names: list[str], table: str, file: str) -> None:
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise DeepPatchError(f"{file}: {table} names {repeated[0]!r} twice")
+
+
+def _check_train_subset(n: int | None, dataset: DatasetEntry, where: str, file: str) -> None:
+    """A train_subset must fit the training split (less its validation slice) and hold every class twice."""
+    if n is None:
+        return
+    source = get_dataset_source(dataset.name)
+    if n < 2 * source.num_classes:
+        raise DeepPatchError(f"{file}: {where}: train_subset = {n} is too small to stratify {dataset.name}'s "
+                             f"{source.num_classes} classes (at least {2 * source.num_classes})")
+    if source.train_size is not None:
+        available = source.train_size - int(round(source.train_size * dataset.val_fraction))
+        if n > available:
+            raise DeepPatchError(f"{file}: {where}: train_subset = {n} is larger than {dataset.name}'s training "
+                                 f"split ({available} images after the {dataset.val_fraction:g} validation slice)")

@@ -75,6 +75,13 @@ def read_record(path: str | Path) -> dict[str, Any]:
             f"{path} is not a DeepPatch model checkpoint (expected format {FORMAT!r}); "
             "training-state files (*.state.pt) cannot be evaluated directly"
         )
+    for key, kind in (("kind", str), ("arch", str), ("dataset", dict), ("state_dict", dict)):
+        if not isinstance(record.get(key), kind):
+            raise DeepPatchError(f"checkpoint {path} is malformed: field {key!r} is missing or not a {kind.__name__}")
+    try:
+        info_from_dict(record["dataset"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DeepPatchError(f"checkpoint {path} is malformed: its data set description lacks {exc}") from None
     return record
 
 
@@ -93,6 +100,7 @@ BUILTIN_RESTORERS: Mapping[str, Restorer] = MappingProxyType({
 def load_model(
     path: str | Path, *, expect_arch: str | None = None, expect_dataset: str | None = None,
     device: torch.device | str = "cpu", restorers: Mapping[str, Restorer] | None = None,
+    expect_info: DatasetInfo | None = None,
 ) -> LoadedModel:
     """Load a DeepPatch model checkpoint; checks it is for the architecture and data set asked.
 
@@ -109,6 +117,13 @@ def load_model(
     ds = record["dataset"]["name"]
     if expect_dataset is not None and ds != expect_dataset:
         raise DeepPatchError(f"checkpoint {path} was made for data set {ds!r}, not {expect_dataset!r}")
+    if expect_info is not None:
+        have = info_from_dict(record["dataset"])
+        for what, got, want in (("data set", have.name, expect_info.name),
+                                ("class count", have.num_classes, expect_info.num_classes),
+                                ("input shape", tuple(have.image_shape), tuple(expect_info.image_shape))):
+            if got != want:
+                raise DeepPatchError(f"checkpoint {path} was made for {what} {got!r}, but the data is {want!r}")
     kind = record.get("kind", "plain")
     table = {**BUILTIN_RESTORERS, **(restorers or {})}
     if kind not in table:

@@ -18,7 +18,7 @@ REFERENCE = "none"
 AGGREGATE = "aggregate"  # the group of aggregate rows ("mean", "union", "<name>/mean", ...)
 ENTRY_KEYS = ("dataset", "model", "corrector", "params_hash")
 TEXT_COLUMNS = ("benchmark", "dataset", "model", "corrector", "params", "params_hash", "suite", "condition", "group",
-                "metric", "source", "settings", "device", "versions", "created")
+                "metric", "source", "settings", "device", "versions", "created", "code_hash", "kept")
 NUMERIC_COLUMNS = ("severity", "value", "n", "eval_time_s", "repair_time_s", "trainable_params", "added_params",
                    "epochs")
 # the order rows are sorted in for every output (stable sort; file order breaks the remaining ties)

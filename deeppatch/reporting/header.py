@@ -54,6 +54,12 @@ def header_items(df: pd.DataFrame, manifest: dict[str, Any], name: str,
     correctors = df.sort_values("entry", kind="mergesort").drop_duplicates("entry")["label"]
     items.append(("correctors", ", ".join(dict.fromkeys(correctors))))
     items.append(("test samples", _sample_sizes(df)))
+    code = _code_identity(df, manifest)
+    if code:
+        items.append(("code", code))
+    shared = _shared_work(df)
+    if shared:
+        items.append(("shared work", shared))
     corruption_source = _corruption_source(df)
     if corruption_source:
         items.append(("corruptions", corruption_source))
@@ -65,6 +71,29 @@ def header_items(df: pd.DataFrame, manifest: dict[str, Any], name: str,
     if failures:
         items.append(("failed cells", f"{len(failures)} (see failures/ in the results folder): {', '.join(failures)}"))
     return items
+
+
+def _code_identity(df: pd.DataFrame, manifest: dict[str, Any]) -> str:
+    """Each corrector's code hash (its source and the package modules it imports) and the harness's."""
+    first = df.sort_values("entry", kind="mergesort").drop_duplicates("entry")
+    parts = [f"{label} {code}" for label, code in zip(first["label"], first["code_hash"], strict=True) if code]
+    harness = (manifest.get("code") or {}).get("harness") if isinstance(manifest.get("code"), dict) else None
+    if harness:
+        parts.append(f"harness {harness}")
+    return "; ".join(dict.fromkeys(parts))
+
+
+def _shared_work(df: pd.DataFrame) -> str:
+    """Work computed once and reused by several cells (a blame ranking), reported once with its cost."""
+    rows = df[(df["suite"] == "diagnostics") & df["condition"].str.startswith("shared work/")]
+    if rows.empty:
+        return ""
+    parts = []
+    for (condition, _key), part in rows.groupby(["condition", "settings"], sort=True):
+        cells = part.groupby(["entry", "seed"]).ngroups
+        parts.append(f"{condition.removeprefix('shared work/')} {part['value'].iloc[0]:.1f} s "
+                     f"(computed once, used by {cells} cell{'s' if cells != 1 else ''}; not in their repair times)")
+    return "; ".join(parts)
 
 
 def _spec(manifest: dict[str, Any]) -> str:

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from deeppatch._robustbench_compat import import_robustbench
+from deeppatch.code_identity import module_code_hash
 from deeppatch.data import TensorSplit, to_float
 from deeppatch.errors import DeepPatchError, unknown_choice
 from deeppatch.evaluation import predict
@@ -39,7 +40,6 @@ CANONICAL = {
 }
 CANONICAL_PER_SEVERITY = 10_000  # images per severity in the released arrays
 GENERATION_CHUNK = 500  # images corrupted per call; fixed, so a generated set does not depend on batch size
-CACHE_VERSION = 2  # bump when the generated images change, so old cache files are not reused
 
 
 def generate_corrupted_set(
@@ -174,7 +174,8 @@ class CorruptionSuite(Suite):
         """Where a generated set lives; None when it is not materialised (no cache dir, or unquantised)."""
         if ctx.cache_dir is None or not self.settings["quantize"]:
             return None
-        key = f"seed{ctx.seed}-n{len(ctx.test)}-q1-v{CACHE_VERSION}"
+        # keyed by the generator's code: an edit of the corruptions never reuses old images
+        key = f"seed{ctx.seed}-n{len(ctx.test)}-q1-c{module_code_hash('deeppatch.perturbations.corruptions')}"
         return Path(ctx.cache_dir) / "corruptions" / f"{ctx.info.name}-{digest}" / key / f"{corruption}-{severity}.pt"
 
     def _generated_split(self, ctx: SuiteContext, corruption: str, severity: int, digest: str) -> TensorSplit:

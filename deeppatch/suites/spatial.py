@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from deeppatch.code_identity import module_code_hash
 from deeppatch.data import TensorSplit, stratified_subset, to_float
 from deeppatch.errors import DeepPatchError
 from deeppatch.evaluation import predict
@@ -84,7 +85,8 @@ def materialise(
 def cache_path(cache_dir: Path, dataset: str, fp: str, seed: int, n: int, k: int, band: int | None,
                bands: int) -> Path:
     label = "full" if band is None else f"range{band}of{bands}"
-    return Path(cache_dir) / "spatial" / f"{dataset}-{fp}-seed{seed}-n{n}-k{k}-{label}.pt"
+    code = module_code_hash("deeppatch.perturbations.spatial")  # an edit of the transforms regenerates
+    return Path(cache_dir) / "spatial" / f"{dataset}-{fp}-seed{seed}-n{n}-k{k}-{label}-c{code}.pt"
 
 
 def neighbour_set(

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from deeppatch.code_identity import module_code_hash
 from deeppatch.corrector import Corrector, Repaired, RepairTask, Restorer
 from deeppatch.data import TensorSplit, to_float
 from deeppatch.errors import DeepPatchError
@@ -129,7 +130,8 @@ def cached_ranking(task: RepairTask, method: str, *, engine: str = "auto", batch
                                                       "seconds": result.seconds,
                                                       "base_accuracy": result.base_accuracy}}
 
-    cached = task.cached_json("blame", {"method": method}, compute)
+    cached = task.cached_json("blame", {"method": method, "code": module_code_hash("deeppatch.technique.blame")},
+                              compute)
     return cached["ranking"], cached["info"]
 
 

@@ -38,7 +38,7 @@ from deeppatch.corrector import (
 )
 from deeppatch.data import Splits, get_dataset_source, load_splits, stratified_subset, to_float
 from deeppatch.device import resolve_device
-from deeppatch.errors import DeepPatchError
+from deeppatch.errors import DeepPatchError, unknown_choice
 from deeppatch.harness.evaluate import evaluate_model, full_rows
 from deeppatch.models.checkpoint import load_model as load_checkpoint
 from deeppatch.models.registry import check_model_name
@@ -49,6 +49,7 @@ from deeppatch.results import COLUMNS, rows_to_frame, write_cell_rows
 from deeppatch.seeding import seed_everything
 from deeppatch.storage import atomic_write_json, stable_hash
 from deeppatch.suites import get_suite
+from deeppatch.technique.gating import SWITCHES, SwitchedCorrector
 from deeppatch.versions import environment_versions
 
 __all__ = ["Budget", "evaluate", "get_corrector", "list_correctors", "load_data", "load_model", "repair", "report",
@@ -131,10 +132,13 @@ def list_correctors(plugin_dirs: Iterable[str | os.PathLike] = ()) -> dict[str, 
 def repair(model: nn.Module, data: Splits, corrector: str | Corrector = "deeppatch", *, perturbation: str = "blur",
            epochs: int | None = None, train_subset: int | None = None, batch_size: int | None = None,
            seed: int = 2021, device: str = "auto", plugin_dirs: Iterable[str | os.PathLike] = (),
-           show_progress: bool | None = None, **params: Any) -> nn.Module:
+           show_progress: bool | None = None, switch: str = "none", gate_target: str = "auto",
+           **params: Any) -> nn.Module:
     """Repair `model` for the maintenance `perturbation` family with `corrector` and its `params`.
 
     `epochs`, `train_subset` and `batch_size` are the budget (None: the corrector's defaults).
+    ``switch="learned"`` puts a learned gate in front (see technique/gating.py): per input, the model
+    under maintenance or the repaired one; `gate_target` is "perturbed", "correct" or "auto".
     Returns the repaired model; `model` itself is not modified. What the repair cost is in the
     returned model's `repair_info` attribute (read by `evaluate`).
     """
@@ -146,6 +150,12 @@ def repair(model: nn.Module, data: Splits, corrector: str | Corrector = "deeppat
     for what, value in (("epochs", epochs), ("train_subset", train_subset), ("batch_size", batch_size)):
         if value is not None and (not isinstance(value, int) or value <= 0):
             raise DeepPatchError(f"{what} must be a positive integer, got {value!r}")
+    if switch not in SWITCHES:
+        raise unknown_choice("switch", switch, SWITCHES)
+    if switch == "learned":
+        if type(corrector).has_switch:
+            raise DeepPatchError(f"corrector {corrector.name!r} has its own switch; set its gate parameters instead")
+        corrector = SwitchedCorrector(corrector, target=gate_target)
     family = get_perturbation(perturbation)
     base = _check_model(model, data, dev).eval()
     seed_everything(seed)
@@ -154,8 +164,10 @@ def repair(model: nn.Module, data: Splits, corrector: str | Corrector = "deeppat
                       show_progress=show_progress)
     repaired, cost = run_repair(corrector, task)
     fixed = repaired.model.eval()
-    setattr(fixed, REPAIR_INFO, {"corrector": corrector.name, "params": corrector.params_dict(),
-                                 "model": _model_name(model), "code_hash": type(corrector).code_hash(),
+    inner = corrector.inner if isinstance(corrector, SwitchedCorrector) else corrector
+    setattr(fixed, REPAIR_INFO, {"corrector": inner.name, "params": inner.params_dict(),
+                                 "switch": switch, "gate_target": gate_target if switch != "none" else "",
+                                 "model": _model_name(model), "code_hash": type(inner).code_hash(),
                                  "perturbation": perturbation, "seed": seed,
                                  "budget": {"epochs": epochs, "train_subset": train_subset,
                                             "batch_size": batch_size},
@@ -188,14 +200,19 @@ def evaluate(models: nn.Module | Mapping[str, nn.Module], data: Splits, suites: 
         info = getattr(model, REPAIR_INFO, None) or {}
         name = info.get("corrector", "none")
         corrector = get_corrector(name, plugin_dirs=plugin_dirs, **info.get("params", {})) if info else None
+        if corrector is not None and info.get("switch", "none") != "none":
+            corrector = SwitchedCorrector(corrector, target=info["gate_target"])
         family = get_perturbation(info["perturbation"]) if info else None
         measured = evaluate_model(_check_model(model, data, dev), test, data.info, settings, device=dev, seed=seed,
                                   batch_size=batch_size, corrector=corrector, family=family)
         cost = RepairCost(**info["cost"]) if info else None
+        params = dict(info.get("params", {}))
+        if info.get("switch", "none") != "none":
+            params.update(switch=info["switch"], gate_target=info["gate_target"])
         rows.extend(full_rows(measured, benchmark="python-api", dataset=data.info.name,
                               model=info.get("model") or _model_name(model), label=str(label), corrector=name,
-                              params=info.get("params", {}), budget=info.get("budget", {}), seed=seed, cost=cost,
-                              device=dev, code_hash=info.get("code_hash", "")))
+                              params=params, budget=info.get("budget", {}), seed=seed, cost=cost, device=dev,
+                              code_hash=info.get("code_hash", "")))
     return rows_to_frame(rows)
 
 

@@ -245,6 +245,9 @@ class Corrector(ABC):
     # Not its paper's method (or not at the paper's parameters beyond our budget)? Say what differs:
     # the name is then shown as "<name> (stand-in)" in listings and report labels.
     stand_in: ClassVar[str] = ""
+    # True for a corrector whose repaired model already routes between the original and a repair
+    # (DeepPatch): it takes no extra switch, and `label_suffix` says which gate it uses.
+    has_switch: ClassVar[bool] = False
 
     def __init__(self, **params: Any) -> None:
         self.params = parse_params(self.Params, params, f"corrector {self.name!r}")
@@ -270,6 +273,11 @@ class Corrector(ABC):
     def code_hash(cls) -> str:
         """Hash of this corrector's source file and the package modules it imports (cache keys)."""
         return code_hash([inspect.getsourcefile(cls) or ""])
+
+    @classmethod
+    def label_suffix(cls, params: Mapping[str, Any]) -> str:
+        """What a report label adds to the name for these parameters (e.g. the gate of a built-in switch)."""
+        return ""
 
     @classmethod
     def display_name(cls) -> str:

@@ -81,7 +81,8 @@ def comparable(results: Path) -> list[tuple]:
 def test_grid_expansion_and_validation(tmp_path):
     spec = load_spec(write_spec(tmp_path))
     assert [c.corrector.label for c in spec.cells()] == [
-        "none", "finetune", "deeppatch[routing=per-sample]", "deeppatch[routing=batch-majority]"]
+        "none", "finetune", "deeppatch+switch[learned auto][routing=per-sample]",
+        "deeppatch+switch[learned auto][routing=batch-majority]"]
     assert len({c.key() for c in spec.cells()}) == 4
 
     def bad(text, match):

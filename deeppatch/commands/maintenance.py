@@ -27,8 +27,10 @@ from deeppatch.stages import (
 )
 from deeppatch.storage import atomic_write_json
 from deeppatch.suites import SUITES, SuiteContext, get_suite
+from deeppatch.switch_interface import is_switched
 from deeppatch.technique.deeppatch_corrector import DeepPatchParams
 from deeppatch.technique.diagnostics import routing_on_family, validation_diagnostics
+from deeppatch.technique.gating import path_rows
 from deeppatch.technique.switch import SwitchedModel
 from deeppatch.versions import environment_versions
 
@@ -209,12 +211,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if "routing_test" in entry:
             print("routing on test (per-sample): " + ", ".join(
                 f"{r['condition']} {r['value']:.3f}" for r in entry["routing_test"]))
-            if args.routing_family:
-                unseen = routing_on_family(model, test, get_perturbation(args.routing_family), ctx.device,
-                                           ctx.seed)
+        if args.routing_family and is_switched(model):
+            family = get_perturbation(args.routing_family)
+            if isinstance(model, SwitchedModel):
+                unseen = routing_on_family(model, test, family, ctx.device, ctx.seed)
                 entry["routing_unseen"] = [r.to_dict() for r in unseen]
-                print(f"routing of {args.routing_family} (never seen by the gates): " + ", ".join(
-                    f"{r.condition} {r.value:.1f}" for r in unseen))
+            paths = path_rows(model, test, family, ctx.device, batch, seed=ctx.seed)
+            entry["routing_paths"] = [r.to_dict() for r in paths]
+            print(f"{args.routing_family} (per condition: switched / original / repaired accuracy, % routed to the "
+                  "repair):")
+            by = {r.condition: r.value for r in paths}
+            for cond in ["clean", *family.conditions]:
+                key = f"test/paths/{cond}"
+                print(f"  {cond:28s} {by[key + '/switched']:6.2f} / {by[key + '/original']:6.2f} / "
+                      f"{by[key + '/repaired']:6.2f}   {by[key + '/routed to the repair']:5.1f} %")
         if suites:
             entry["suites"] = _run_suites(args, suites, model, ctx, test, compare=path is not None)
         report["results"][path.stem if path is not None else "maintenance"] = entry
@@ -291,7 +301,8 @@ def register(sub: argparse._SubParsersAction, add_common) -> None:
     p.add_argument("--gate", choices=("all", "reference", "learned"), default="all")
     p.add_argument("--suite", default="", help="extra suites, comma-separated: blur,corruptions,attacks,spatial")
     p.add_argument("--routing_family", "--routing-family", default=None,
-                   help="also report how the switch routes another perturbation family (e.g. corruptions)")
+                   help="also report, per condition of this family (e.g. corruptions, spatial), the switched model's "
+                        "accuracy next to each path alone and the share routed to the repair")
     p.add_argument("--n-eval", "--n_eval", dest="n_eval", type=int, default=None,
                    help="evaluate on a stratified seeded subset of this many test images")
     p.add_argument("--checkpoint", default=None, help="repaired model to evaluate (default: from the flags)")

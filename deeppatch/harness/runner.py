@@ -33,6 +33,7 @@ from deeppatch.pretrain import PretrainConfig, checkpoint_extra, checkpoint_kind
 from deeppatch.results import SuiteRow, read_cell_rows, write_cell_rows
 from deeppatch.seeding import seed_everything
 from deeppatch.storage import Workspace, atomic_write_json, file_lock, stable_hash
+from deeppatch.technique.gating import SwitchedCorrector
 from deeppatch.versions import device_name, environment_versions
 
 log = logging.getLogger(__name__)
@@ -151,6 +152,8 @@ def _run_cell(cell: Cell, results_dir: Path, *, device: torch.device | None,
     base, _ = maintenance_model(cell, splits, results_dir, device)
     seed_everything(cell.seed)
     corrector = get_corrector(cell.corrector.name, plugin_dirs=spec.plugin_dirs, **cell.corrector.params)
+    if cell.corrector.switch == "learned":
+        corrector = SwitchedCorrector(corrector, target=cell.corrector.gate_target)
     work = results_dir / "work" / cell.key()
     task = RepairTask(model=base, splits=splits, perturbation=family, device=device, seed=cell.seed,
                       budget=Budget(**cell.effective_budget(), eval_batch_size=spec.eval_batch_size),
@@ -159,7 +162,8 @@ def _run_cell(cell: Cell, results_dir: Path, *, device: torch.device | None,
                       show_progress=show_progress)
     rpath = repaired_path(results_dir, cell)
     if rpath.is_file():
-        loaded = load_model(rpath, device=device, restorers=checkpoint_restorers(spec.plugin_dirs))
+        loaded = load_model(rpath, device=device,
+                            restorers={**checkpoint_restorers(spec.plugin_dirs), **SwitchedCorrector.restorers()})
         model = loaded.model
         cost = RepairCost(**loaded.record["meta"]["cost"])
         diagnostics = [SuiteRow(**r) for r in loaded.record["meta"]["diagnostics"]]

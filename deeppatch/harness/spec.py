@@ -27,6 +27,7 @@ from deeppatch.models import get_entry
 from deeppatch.perturbations import get_perturbation
 from deeppatch.storage import stable_hash
 from deeppatch.suites import get_suite
+from deeppatch.technique.gating import GATE_TARGETS, SWITCHES
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -39,7 +40,7 @@ TOP_KEYS = {"name", "description", "seeds", "device", "plugin_dirs", "maintenanc
 MAINTENANCE_KEYS = {"perturbation", "settings"}
 DATASET_KEYS = {"name", "data_dir", "val_fraction", "split_seed", "download"}
 MODEL_KEYS = {"name", "weights", "epochs", "lr", "batch_size", "train_if_missing", "train_subset", "checkpoint"}
-CORRECTOR_KEYS = {"name", "params", "grid", "label", "budget"}
+CORRECTOR_KEYS = {"name", "params", "grid", "label", "budget", "switch", "gate_target"}
 BUDGET_KEYS = {"epochs", "train_subset", "batch_size"}
 EVALUATION_KEYS = {"n_eval", "batch_size"}
 LAUNCHER_KEYS = {"name", "cluster", "partition", "gpus_per_task", "cpus_per_task", "time_limit_min",
@@ -102,6 +103,8 @@ class CorrectorConfig:
     label: str
     budget: dict[str, Any]
     code: str = ""  # hash of the corrector's source and the package modules it imports
+    switch: str = "none"  # "learned": a learned gate routes each input to the original or the repaired model
+    gate_target: str = "auto"
 
     def params_hash(self) -> str:
         return stable_hash({"name": self.name, "params": self.params, "budget": self.budget})
@@ -155,7 +158,9 @@ class Cell:
                               "budget": self.effective_budget()},
                 "maintenance": {"perturbation": s.perturbation, "settings": s.perturbation_settings},
                 "suites": s.suites, "suite_n_eval": s.suite_n_eval, "n_eval": s.n_eval, "seed": self.seed,
-                "code": {"corrector": self.corrector.code, "harness": s.harness_code}}
+                "code": {"corrector": self.corrector.code, "harness": s.harness_code},
+                **({"switch": {"gate": self.corrector.switch, "target": self.corrector.gate_target}}
+                   if self.corrector.switch != "none" else {})}
 
     def effective_budget(self) -> dict[str, Any]:
         return {**self.spec.budget, **self.corrector.budget}
@@ -191,6 +196,14 @@ def _expand_corrector(entry: dict[str, Any], file: str, index: int, plugin_dirs:
     budget = _check_keys(dict(entry.get("budget", {})), BUDGET_KEYS, f"{where}.budget", file)
     for key in BUDGET_KEYS:
         _positive_int(budget.get(key), key, f"{where}.budget", file)
+    switch = str(entry.get("switch", "none"))
+    if switch not in SWITCHES:
+        raise unknown_choice("switch", switch, SWITCHES, where=f"{file}: {where}")
+    gate_target = str(entry.get("gate_target", "auto"))
+    if gate_target not in GATE_TARGETS:
+        raise unknown_choice("gate target", gate_target, GATE_TARGETS, where=f"{file}: {where}")
+    if "gate_target" in entry and switch == "none":
+        raise DeepPatchError(f"{file}: {where} sets gate_target without switch = \"learned\"")
     overlap = set(params) & set(grid)
     if overlap:
         raise DeepPatchError(f"{file}: {where} sets {sorted(overlap)[0]!r} in both params and grid")
@@ -207,8 +220,13 @@ def _expand_corrector(entry: dict[str, Any], file: str, index: int, plugin_dirs:
         except DeepPatchError as exc:
             raise DeepPatchError(f"{file}: {where}: {exc}") from None
         cls = type(corrector)
-        label = _label(cls.display_name(), combo, entry.get("label"))
-        out.append(CorrectorConfig(name, corrector.params_dict(), label, budget, cls.code_hash()))
+        if switch != "none" and cls.has_switch:
+            raise DeepPatchError(f"{file}: {where}: corrector {name!r} has its own switch; set its gate in params "
+                                 "instead of switch = \"learned\"")
+        suffix = cls.label_suffix(corrector.params_dict()) + ("" if switch == "none" else f"+switch[{gate_target}]")
+        label = _label(cls.display_name() + suffix if not entry.get("label") else str(entry["label"]), combo, None)
+        out.append(CorrectorConfig(name, corrector.params_dict(), label, budget, cls.code_hash(), switch,
+                                   gate_target if switch != "none" else ""))
     return out
 
 

@@ -5,6 +5,7 @@
     corruptions  15 common corruptions x 5 severities (CIFAR-10-C/100-C arrays when present)
     attacks      PGD (Linf, L2) and AutoAttack
     spatial      SENSEI-style rotation/translation/shear/zoom/brightness/contrast neighbours
+    routing      per condition of a family: a switched model next to each of its paths, share routed
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from deeppatch.errors import unknown_choice
-from deeppatch.suites import attacks, blur, clean, corruptions, spatial
+from deeppatch.suites import attacks, blur, clean, corruptions, routing, spatial
 from deeppatch.suites.base import Suite, SuiteContext
 
 SUITES: Mapping[str, type[Suite]] = MappingProxyType({
@@ -22,6 +23,7 @@ SUITES: Mapping[str, type[Suite]] = MappingProxyType({
     "corruptions": corruptions.CorruptionSuite,
     "attacks": attacks.AttackSuite,
     "spatial": spatial.SpatialSuite,
+    "routing": routing.RoutingSuite,
 })
 
 

@@ -83,7 +83,8 @@ class CorruptionSuite(Suite):
     """Accuracy per (corruption, severity), the overall mean, and means per severity and per corruption."""
 
     name = "corruptions"
-    defaults = {"corruptions": list(CORRUPTIONS), "severities": list(SEVERITIES), "source": "auto", "quantize": True}
+    defaults = {"corruptions": list(CORRUPTIONS), "severities": list(SEVERITIES), "source": "auto", "quantize": True,
+                "heldout": []}
 
     def __init__(self, **settings) -> None:
         super().__init__(**settings)
@@ -108,10 +109,15 @@ class CorruptionSuite(Suite):
             raise DeepPatchError(
                 f"corruptions suite: quantize must be true or false, got {self.settings['quantize']!r}"
             )
+        heldout = _as_list(self.settings["heldout"], "heldout") if self.settings["heldout"] else []
+        for c in heldout:
+            if c not in corruptions:
+                raise unknown_choice("held-out corruption", c, corruptions, where="corruptions suite")
+        self.heldout = [c for c in CORRUPTIONS if c in heldout]
         # keep the requested order of CORRUPTIONS / SEVERITIES (corruption-major rows)
         self.corruptions = [c for c in CORRUPTIONS if c in corruptions]
         self.severities = sorted(severities)
-        self.settings.update(corruptions=self.corruptions, severities=self.severities)
+        self.settings.update(corruptions=self.corruptions, severities=self.severities, heldout=self.heldout)
 
     # ----------------------------------------------------------------------------------------
     # where the images come from
@@ -234,4 +240,9 @@ class CorruptionSuite(Suite):
             out.append(mean_row(f"{label}/severity={s}/mean", [r for r in rows if r.severity == s], s))
         for c in self.corruptions:
             out.append(mean_row(f"{label}/{c}/mean", [r for r in rows if r.group == c]))
+        if self.heldout:  # corruption types the maintenance never saw, apart from those it did
+            seen = [r for r in rows if r.group not in self.heldout]
+            out.append(mean_row(f"{label}/held-out/mean", [r for r in rows if r.group in self.heldout]))
+            if seen:
+                out.append(mean_row(f"{label}/seen/mean", seen))
         return out

@@ -19,11 +19,13 @@ from deeppatch.results import SuiteRow
 from deeppatch.technique import switch
 from deeppatch.technique.blame import ENGINES, METHODS, blame
 from deeppatch.technique.diagnostics import switch_rows, validation_diagnostics
+from deeppatch.technique.gating import GATE_TARGETS, GateFit, fit_best_gate, validation_paths
 from deeppatch.technique.patching import GROUPED, INITS, SIDES, UNITS, PatchedNetwork, plan_patches
 from deeppatch.technique.switch import (
     GATES,
     ROUTINGS,
     GateTraining,
+    PathView,
     ReferenceGate,
     SwitchedModel,
     calibrate_reference,
@@ -59,6 +61,10 @@ class DeepPatchParams:
     gate_epochs: int = field(default=30, metadata={"help": "learned gate training epochs", "min": 0})
     gate_width: int = field(default=16, metadata={"help": "learned gate conv width", "min": 1})
     gate_stride: int = field(default=1, metadata={"help": "learned gate conv stride", "min": 1})
+    gate_target: str = field(default="auto", metadata={
+        "help": "what the learned gate predicts: perturbed (is the input perturbed?), correct (which path will be "
+                "right?), auto (both fitted, the more accurate switch on held-out validation images wins)",
+        "choices": GATE_TARGETS})
     decision_factor: float = field(default=1.0, metadata={"help": "multiplies the reference threshold", "min": 0.0})
     blame_engine: str = field(default="auto", metadata={"help": "blame engine", "choices": ENGINES})
     blame_batch_size: int = field(default=500, metadata={"help": "images per blame batch", "min": 1})
@@ -104,10 +110,19 @@ def patch_model(task: RepairTask, params: DeepPatchParams, ranking: dict[str, An
                                       decision_factor=params.decision_factor)
     learned, gate_info = None, None
     if params.gate_epochs > 0:
-        learned, gate_info = train_learned_gate(
-            network, pv.clean, pv.perturbed, task.device,
-            GateTraining(width=params.gate_width, stride=params.gate_stride, epochs=params.gate_epochs,
-                         seed=task.seed))
+        if params.gate_target == "perturbed":
+            learned, gate_info = train_learned_gate(
+                network, pv.clean, pv.perturbed, task.device,
+                GateTraining(width=params.gate_width, stride=params.gate_stride, epochs=params.gate_epochs,
+                             seed=task.seed))
+            gate_info["target"] = "perturbed"
+        else:
+            original, patched = PathView(network, "original"), PathView(network, "patched")
+            val = validation_paths(pv.clean, pv.perturbed, original, patched, task.device, task.seed, 0.2)
+            learned, gate_info = fit_best_gate(
+                lambda x: network.indicator_inputs(x, with_patched=False)[0], val, params.gate_target, task.device,
+                GateFit(width=params.gate_width, stride=params.gate_stride, epochs=params.gate_epochs,
+                        seed=task.seed))
     elif params.gate == "learned":
         raise DeepPatchError("gate=learned needs gate_epochs > 0")
     model = SwitchedModel(network, reference, learned, gate=params.gate, routing=params.routing).eval()
@@ -144,6 +159,13 @@ class DeepPatchCorrector(Corrector):
     Params = DeepPatchParams
 
     test_params = {"epochs": 1, "gate_epochs": 2, "blame_batch_size": 100}
+    has_switch = True
+
+    @classmethod
+    def label_suffix(cls, params: Mapping[str, Any]) -> str:
+        if params.get("gate") == "reference":
+            return "+switch[paper indicator]"
+        return f"+switch[learned {params.get('gate_target', 'auto')}]"
 
     def repair(self, task: RepairTask) -> Repaired:
         p: DeepPatchParams = self.params

@@ -165,15 +165,57 @@ class SwitchedModel(nn.Module):
         return perturbed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.mode != "switch":
-            return self.patched.run(x, self.mode)
-        return self.patched.run(x, "switch", gate=self._decide, gate_needs_patched=self.active_gate().needs_patched)
+        # fp32 whatever the surrounding autocast: the gate's threshold was calibrated in fp32, and the
+        # original path must stay bit for bit the model under maintenance
+        with fp32(x):
+            x = x.float()
+            if self.mode != "switch":
+                return self.patched.run(x, self.mode)
+            return self.patched.run(x, "switch", gate=self._decide,
+                                    gate_needs_patched=self.active_gate().needs_patched)
 
     @torch.inference_mode()
     def decisions(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(routed to the patch?, perturbedness score) per input, computing only up to b₁."""
-        a_orig, a_patch = self.patched.indicator_inputs(x, with_patched=self.active_gate().needs_patched)
-        return self._decide(a_orig, a_patch), self.active_gate().score(a_orig, a_patch)
+        with fp32(x):
+            a_orig, a_patch = self.patched.indicator_inputs(x.float(), with_patched=self.active_gate().needs_patched)
+            return self._decide(a_orig, a_patch), self.active_gate().score(a_orig, a_patch)
+
+    # the switch interface (deeppatch.switch_interface): paths, gate logit, route
+
+    def paths(self) -> tuple[nn.Module, nn.Module]:
+        """(the model under maintenance, the always-patched network), each a module of its own."""
+        return PathView(self.patched, "original"), PathView(self.patched, "patched")
+
+    def gate_logit(self, x: torch.Tensor) -> torch.Tensor:
+        """The active gate's score minus its threshold (> 0: patched path), fp32, differentiable."""
+        gate = self.active_gate()
+        with fp32(x):
+            a_orig, a_patch = self.patched.indicator_inputs(x.float(), with_patched=gate.needs_patched)
+            if isinstance(gate, LearnedGate):
+                return gate.logit(a_orig) - gate.threshold
+            return gate.score(a_orig, a_patch) - gate.direction * gate.tau
+
+    def route(self, x: torch.Tensor) -> torch.Tensor:
+        """True where the switch sends the input to the patch (batch-majority routing included)."""
+        return self.decisions(x)[0]
+
+
+class PathView(nn.Module):
+    """One path of a patched network as a module: "original" (the model under maintenance, bit for bit)
+    or "patched" (the patch always on)."""
+
+    def __init__(self, patched: PatchedNetwork, mode: str) -> None:
+        super().__init__()
+        self.patched, self.mode = patched, check_choice(mode, ("original", "patched"), "path")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.patched.run(x, self.mode)
+
+
+def fp32(x: torch.Tensor):
+    """A context that turns autocast off on `x`'s device (gates and switches decide in fp32)."""
+    return torch.autocast(device_type=x.device.type, enabled=False)
 
 
 # --------------------------------------------------------------------------------------------

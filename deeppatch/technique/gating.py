@@ -1,0 +1,427 @@
+"""A switch for any corrector: per input, the model under maintenance or the repaired model.
+
+DeepPatch's claim is a division of labour: the original computation for inputs it handles, the
+repair for the others. To measure what the switch is worth apart from the patch, any corrector can
+be wrapped with the same kind of switch (`SwitchedCorrector`, spec setting ``switch = "learned"``):
+a small learned gate (`LearnedGate`) reads the original model's early activations (the first
+BatchNorm after the first conv) and routes each input to one full forward of the original or of
+the repaired model (`PathSwitch`).
+
+The gate is trained and thresholded on the validation split only (clean val and every condition of
+the maintenance family), never on test data, with one of two targets:
+
+* ``perturbed``: "is this input perturbed?" (clean = 0, perturbed = 1), threshold at the best
+  balanced accuracy: the detector DeepPatch's learned gate is;
+* ``correct``: "which path will be right?": 1 where the repaired model is right and the original
+  wrong, 0 where the original is right and the repaired wrong; where both are right or both wrong
+  (a tie), 1 if the repaired model's loss is lower; threshold at the best switched accuracy;
+* ``auto`` (default): both are fitted, and the one whose switched model is more accurate on held-out
+  validation images wins (ties: ``perturbed``).
+
+A fifth of the validation source images (with all their perturbed copies) is held out from gate
+training for the threshold and the choice. Gates decide in fp32 whatever the surrounding autocast.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from deeppatch.corrector import Corrector, Repaired, RepairTask, Restorer, checkpoint_restorers
+from deeppatch.data import TensorSplit, to_float
+from deeppatch.errors import DeepPatchError, unknown_choice
+from deeppatch.models.registry import create_model
+from deeppatch.models.state import info_from_dict, load_state_strict
+from deeppatch.perturbations.base import Perturbation
+from deeppatch.repair_tools import perturbed_val
+from deeppatch.results import SuiteRow
+from deeppatch.seeding import make_generator
+from deeppatch.technique.routing import StopForward
+from deeppatch.technique.switch import LearnedGate, auroc, best_threshold, fp32
+
+GATE_TARGETS = ("auto", "perturbed", "correct")
+SWITCHES = ("none", "learned")
+KIND = "switched"
+
+
+# --------------------------------------------------------------------------------------------
+# the original model's early activations
+
+
+def gate_tap(model: nn.Module) -> str:
+    """The module whose output the gate reads: the first BatchNorm2d after the first Conv2d (else that conv)."""
+    names = [(n, m) for n, m in model.named_modules() if n]
+    first_conv = next((i for i, (_, m) in enumerate(names) if isinstance(m, nn.Conv2d)), None)
+    if first_conv is None:
+        raise DeepPatchError(f"a switch reads the original model's early activations, but {type(model).__name__} "
+                             "has no Conv2d")
+    bn = next((n for n, m in names[first_conv + 1:] if isinstance(m, nn.BatchNorm2d)), None)
+    return bn or names[first_conv][0]
+
+
+def early_activations(model: nn.Module, tap: str, x: torch.Tensor) -> torch.Tensor:
+    """The output of `model`'s module `tap` on `x`, running only the layers up to it (fp32)."""
+    captured: list[torch.Tensor] = []
+
+    def hook(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
+        captured.append(output)
+        raise StopForward
+
+    handle = model.get_submodule(tap).register_forward_hook(hook)
+    try:
+        with fp32(x):
+            model(x.float())
+    except StopForward:
+        pass
+    finally:
+        handle.remove()
+    if not captured:
+        raise DeepPatchError(f"the gate's input layer {tap!r} was never reached in a forward pass")
+    return captured[0].float()
+
+
+# --------------------------------------------------------------------------------------------
+# the switched pair
+
+
+class PathSwitch(nn.Module):
+    """Routes each input to one full forward of the original or of the repaired model.
+
+    Implements `deeppatch.switch_interface`: `paths()`, `gate_logit(x)` (> 0: repaired), `route(x)`.
+    `mode` "switch" (default), or "original" / "repaired" to force one path (ablations).
+    """
+
+    def __init__(self, original: nn.Module, repaired: nn.Module, gate: LearnedGate, tap: str,
+                 target: str = "perturbed") -> None:
+        super().__init__()
+        self.original, self.repaired, self.gate = original, repaired, gate
+        self.tap, self.target, self.mode = tap, target, "switch"
+
+    def paths(self) -> tuple[nn.Module, nn.Module]:
+        return self.original, self.repaired
+
+    def gate_logit(self, x: torch.Tensor) -> torch.Tensor:
+        with fp32(x):
+            return self.gate.logit(early_activations(self.original, self.tap, x)) - self.gate.threshold
+
+    @torch.inference_mode()
+    def route(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gate_logit(x) > 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "original":
+            return self.original(x)
+        if self.mode == "repaired":
+            return self.repaired(x)
+        with torch.no_grad():
+            mask = self.gate_logit(x) > 0
+        if bool(mask.all()):
+            return self.repaired(x)
+        if not bool(mask.any()):
+            return self.original(x)
+        out_orig = self.original(x[~mask])
+        out_rep = self.repaired(x[mask])
+        out = torch.empty((len(x), *out_orig.shape[1:]), dtype=torch.promote_types(out_orig.dtype, out_rep.dtype),
+                          device=out_orig.device)
+        out[~mask] = out_orig.to(out.dtype)
+        out[mask] = out_rep.to(out.dtype)
+        return out
+
+    def configure(self, *, mode: str | None = None) -> PathSwitch:
+        if mode is not None:
+            if mode not in ("switch", "original", "repaired"):
+                raise unknown_choice("mode", mode, ("switch", "original", "repaired"))
+            self.mode = mode
+        return self
+
+
+# --------------------------------------------------------------------------------------------
+# fitting the gate on validation data
+
+
+@dataclass
+class GateFit:
+    """How the gate is trained: its size, epochs, optimiser, held-out share, seed."""
+
+    width: int = 16
+    stride: int = 1
+    epochs: int = 30
+    lr: float = 3e-3
+    batch_size: int = 256
+    holdout: float = 0.2
+    seed: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def _per_image(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+               batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cross-entropy, correct) per image."""
+    losses, correct = [], []
+    with torch.inference_mode():
+        for s in range(0, len(x), batch_size):
+            logits = model(x[s:s + batch_size]).float()
+            losses.append(F.cross_entropy(logits, y[s:s + batch_size], reduction="none").cpu())
+            correct.append((logits.argmax(1) == y[s:s + batch_size]).cpu())
+    return torch.cat(losses), torch.cat(correct)
+
+
+def validation_paths(clean: TensorSplit, perturbed: TensorSplit, original: Callable[[torch.Tensor], torch.Tensor],
+                     repaired: Callable[[torch.Tensor], torch.Tensor], device: torch.device, seed: int,
+                     holdout: float) -> dict[str, torch.Tensor]:
+    """Clean + perturbed validation images with what the gate learns from (see `GATE_TARGETS`)."""
+    n = len(clean)
+    copies = len(perturbed) // max(n, 1)
+    gen = make_generator(seed, "gate-split")
+    hold_src = torch.zeros(n, dtype=torch.bool)
+    hold_src[torch.randperm(n, generator=gen)[: max(1, int(holdout * n))]] = True
+    x = torch.cat([to_float(clean.x.to(device)), to_float(perturbed.x.to(device))])
+    y = torch.cat([clean.y, perturbed.y]).to(device)
+    loss_o, ok_o = _per_image(original, x, y)
+    loss_r, ok_r = _per_image(repaired, x, y)
+    return {"x": x, "y": y, "perturbed": torch.cat([torch.zeros(n), torch.ones(len(perturbed))]).bool(),
+            "holdout": torch.cat([hold_src, hold_src.repeat(copies)]), "loss_orig": loss_o, "loss_rep": loss_r,
+            "ok_orig": ok_o, "ok_rep": ok_r}
+
+
+def gate_labels(val: Mapping[str, torch.Tensor], target: str) -> torch.Tensor:
+    """1 = send to the repaired path. "perturbed": perturbed inputs; "correct": where only the repaired
+    model is right, and on ties (both right or both wrong) where its loss is lower."""
+    if target == "perturbed":
+        return val["perturbed"].float()
+    if target == "correct":
+        only_rep = val["ok_rep"] & ~val["ok_orig"]
+        only_orig = val["ok_orig"] & ~val["ok_rep"]
+        tie = ~(only_rep | only_orig)
+        return (only_rep | (tie & (val["loss_rep"] < val["loss_orig"]))).float()
+    raise unknown_choice("gate target", target, GATE_TARGETS)
+
+
+def accuracy_threshold(logits: torch.Tensor, ok_orig: torch.Tensor, ok_rep: torch.Tensor) -> tuple[float, float]:
+    """The cut on the logit (route to repaired iff logit > cut) with the best switched accuracy."""
+    order = torch.argsort(logits.double())
+    s = logits.double()[order]
+    o, r = ok_orig[order].double(), ok_rep[order].double()
+    n = len(s)
+    # cut below everything: all repaired; after position i: the first i+1 original, the rest repaired
+    acc_all_rep = float(r.sum()) / max(n, 1)
+    acc = (torch.cumsum(o, 0) + (r.sum() - torch.cumsum(r, 0))) / max(n, 1)
+    valid = torch.ones(n, dtype=torch.bool)
+    valid[:-1] = s[1:] > s[:-1]
+    acc = torch.where(valid, acc, torch.full_like(acc, -1.0))
+    i = int(torch.argmax(acc)) if n else 0
+    if n == 0 or acc_all_rep >= float(acc[i]):
+        return (float(s[0]) - 1.0 if n else 0.0), acc_all_rep
+    cut = float((s[i] + s[i + 1]) / 2) if i + 1 < n else float(s[i]) + 1.0
+    return cut, float(acc[i])
+
+
+def fit_gate(features: Callable[[torch.Tensor], torch.Tensor], val: Mapping[str, torch.Tensor], target: str,
+             device: torch.device, cfg: GateFit) -> tuple[LearnedGate, dict[str, Any]]:
+    """Train a `LearnedGate` on the non-held-out validation images for `target`; set its threshold and
+    measure it on the held-out ones."""
+    t0 = time.perf_counter()
+    label = gate_labels(val, target).to(device)
+    hold = val["holdout"].to(device)
+    x = val["x"]
+    a0 = features(x[:2])
+    train_idx = (~hold).nonzero(as_tuple=True)[0]
+    pos = float(label[train_idx].sum())
+    neg = float(len(train_idx) - pos)
+    pos_weight = torch.tensor(neg / pos if pos > 0 and neg > 0 else 1.0, device=device)
+    torch.manual_seed(cfg.seed)
+    gate = LearnedGate(a0.shape[1], cfg.width, cfg.stride).to(device)
+    opt = torch.optim.Adam(gate.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1))
+    for epoch in range(cfg.epochs):
+        gate.train()
+        order = train_idx[torch.randperm(len(train_idx), generator=make_generator(cfg.seed, "gate", target, epoch))
+                          .to(device)]
+        total = 0.0
+        for start in range(0, len(order), cfg.batch_size):
+            idx = order[start:start + cfg.batch_size]
+            with torch.no_grad():
+                feats = features(x[idx])  # recomputed per batch: all of them would not fit in memory
+            loss = F.binary_cross_entropy_with_logits(gate.logit(feats), label[idx], pos_weight=pos_weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.detach().item() * len(idx)
+        sched.step()
+        cfg.history.append({"epoch": epoch + 1, "loss": total / max(len(order), 1)})
+    gate.eval()
+    hold_idx = hold.nonzero(as_tuple=True)[0]
+    with torch.inference_mode():
+        logits = torch.cat([gate.logit(features(x[hold_idx[s:s + 512]])).float().cpu()
+                            for s in range(0, len(hold_idx), 512)])
+    hold_cpu = hold.cpu()
+    y_hold = label[hold_idx].cpu().bool()
+    ok_o, ok_r = val["ok_orig"][hold_cpu], val["ok_rep"][hold_cpu]
+    if target == "perturbed":
+        threshold, _ = best_threshold(logits[~y_hold], logits[y_hold])
+    else:
+        threshold, _ = accuracy_threshold(logits, ok_o, ok_r)
+    gate.threshold.fill_(threshold)
+    routed = logits > threshold
+    switched = torch.where(routed, ok_r, ok_o).float().mean().item() * 100
+    info = {"target": target, "threshold": threshold, "holdout_switched_accuracy": switched,
+            "holdout_original_accuracy": ok_o.float().mean().item() * 100,
+            "holdout_repaired_accuracy": ok_r.float().mean().item() * 100,
+            "holdout_auroc": auroc(logits[~y_hold], logits[y_hold]) if 0 < int(y_hold.sum()) < len(y_hold) else None,
+            "holdout_share_routed": routed.float().mean().item() * 100, "n_holdout": len(hold_idx),
+            "params": sum(p.numel() for p in gate.parameters()), "macs_per_image": gate.macs_per_image(*a0.shape[2:]),
+            "epochs": cfg.epochs, "width": cfg.width, "stride": cfg.stride, "seconds": time.perf_counter() - t0}
+    return gate, info
+
+
+def fit_best_gate(features: Callable[[torch.Tensor], torch.Tensor], val: Mapping[str, torch.Tensor], target: str,
+                  device: torch.device, cfg: GateFit) -> tuple[LearnedGate, dict[str, Any]]:
+    """`fit_gate` for one target, or for ``auto`` both, keeping the more accurate switch on held-out
+    validation images (ties: perturbed)."""
+    if target not in GATE_TARGETS:
+        raise unknown_choice("gate target", target, GATE_TARGETS)
+    if target != "auto":
+        return fit_gate(features, val, target, device, GateFit(**{**cfg.__dict__, "history": []}))
+    fits = {t: fit_gate(features, val, t, device, GateFit(**{**cfg.__dict__, "history": []}))
+            for t in ("perturbed", "correct")}
+    best = max(fits, key=lambda t: (fits[t][1]["holdout_switched_accuracy"], t == "perturbed"))
+    gate, info = fits[best]
+    info = {**info, "chosen_by": "holdout switched accuracy",
+            "candidates": {t: fits[t][1]["holdout_switched_accuracy"] for t in fits}}
+    return gate, info
+
+
+# --------------------------------------------------------------------------------------------
+# the corrector wrapper
+
+
+def switch_label(label: str, switch: str, target: str) -> str:
+    return label if switch == "none" else f"{label}+switch[{target}]"
+
+
+class SwitchedCorrector(Corrector):
+    """Any corrector, followed by a learned switch between the model under maintenance and its repair."""
+
+    name = "switch"
+    description = "wraps a corrector: a learned gate routes each input to the original or the repaired model"
+
+    def __init__(self, inner: Corrector, target: str = "auto", gate: GateFit | None = None) -> None:
+        if target not in GATE_TARGETS:
+            raise unknown_choice("gate target", target, GATE_TARGETS)
+        self.inner, self.target, self.gate_fit = inner, target, gate or GateFit()
+        self.params = inner.params
+        self.name = f"{inner.name}+switch"
+
+    def params_dict(self) -> dict[str, Any]:
+        return {**self.inner.params_dict(), "switch": "learned", "gate_target": self.target}
+
+    def code_hash(self) -> str:  # type: ignore[override]
+        return type(self.inner).code_hash()
+
+    def repair(self, task: RepairTask) -> Repaired:
+        inner = self.inner.repair(task)
+        inner = inner if isinstance(inner, Repaired) else Repaired(inner)
+        repaired = inner.model.eval()
+        original = task.copy_model().eval().requires_grad_(False)
+        tap = gate_tap(original)
+        pv = perturbed_val(task)
+        val = validation_paths(pv.clean, pv.perturbed, original, repaired, task.device, task.seed,
+                               self.gate_fit.holdout)
+        cfg = GateFit(**{**self.gate_fit.__dict__, "seed": task.seed, "history": []})
+        gate, info = fit_best_gate(lambda x: early_activations(original, tap, x), val, self.target, task.device, cfg)
+        model = PathSwitch(original, repaired, gate, tap, target=info["target"]).eval()
+        extra = {"inner_kind": inner.kind, "inner_extra": inner.extra, "tap": tap, "gate": info,
+                 "gate_in_channels": gate.in_channels, "gate_width": gate.width, "gate_stride": gate.stride,
+                 "inner_corrector": self.inner.name}
+        diagnostics = list(inner.diagnostics) + [
+            SuiteRow("diagnostics", f"val/switch/holdout {what}", float(info[key]), int(info["n_holdout"]),
+                     group="switch", metric=metric, source="repair",
+                     settings={"target": info["target"], "split": "val (held out from gate training)"})
+            for what, key, metric in (("switched accuracy", "holdout_switched_accuracy", "accuracy"),
+                                      ("share routed to the repair", "holdout_share_routed", "percent"))]
+        return Repaired(model, epochs=inner.epochs, details={**inner.details, "gate": info}, kind=KIND, extra=extra,
+                        diagnostics=diagnostics)
+
+    def evaluation_rows(self, model: nn.Module, test: TensorSplit, family: Perturbation, device: torch.device,
+                        batch_size: int) -> list[SuiteRow]:
+        return path_rows(model, test, family, device, batch_size) if isinstance(model, PathSwitch) else []
+
+    @classmethod
+    def restorers(cls) -> Mapping[str, Restorer]:
+        return {KIND: restore_switched}
+
+
+def restore_switched(record: Mapping[str, Any]) -> PathSwitch:
+    """Rebuild a switched pair: the original from its architecture, the repaired model by its own kind."""
+    extra = record["extra"]
+    info = info_from_dict(record["dataset"])
+    original = create_model(str(record["arch"]), info)
+    inner_kind = str(extra["inner_kind"])
+    restorers = {**checkpoint_restorers(), KIND: restore_switched}
+    inner_record = {**record, "kind": inner_kind, "extra": extra.get("inner_extra", {}),
+                    "state_dict": {k.removeprefix("repaired."): v for k, v in record["state_dict"].items()
+                                   if k.startswith("repaired.")}}
+    if inner_kind == "plain":
+        repaired = create_model(str(record["arch"]), info)
+        load_state_strict(repaired, inner_record["state_dict"], f"the repaired {record['arch']!r}")
+    elif inner_kind in restorers:
+        repaired = restorers[inner_kind](inner_record)
+    else:
+        raise unknown_choice("checkpoint kind of the repaired model", inner_kind, restorers)
+    gate = LearnedGate(int(extra["gate_in_channels"]), int(extra["gate_width"]), int(extra["gate_stride"]))
+    model = PathSwitch(original, copy.deepcopy(repaired), gate, str(extra["tap"]), str(extra["gate"]["target"]))
+    load_state_strict(model, record["state_dict"], f"the switched {record['arch']!r}")
+    return model.eval()
+
+
+# --------------------------------------------------------------------------------------------
+# test-time rows: what the switch does per condition
+
+
+def path_rows(model: nn.Module, test: TensorSplit, family: Perturbation, device: torch.device,
+              batch_size: int, split: str = "test", suite: str = "diagnostics", seed: int = 0) -> list[SuiteRow]:
+    """Per condition of `family` (and clean): accuracy of the switched model and of each path alone,
+    the share of inputs routed to the repair, and the gate's AUROC clean vs condition. Works for any
+    switched model (`deeppatch.switch_interface`), DeepPatch's included."""
+    original, repaired = model.paths()
+    rows: list[SuiteRow] = []
+    conditions = ["clean", *family.conditions]
+    logits_clean = None
+    for i, cond in enumerate(conditions):
+        gen = make_generator(seed, "path-rows", family.name, cond)
+        ok = {"switched": [], "original": [], "repaired": []}
+        gate = []
+        with torch.inference_mode():
+            for x, y in test.batches(batch_size, device=device):
+                xp = x if cond == "clean" else family.apply(x, i - 1, gen)
+                logit = model.gate_logit(xp).float()
+                gate.append(logit.cpu())
+                out_o, out_r = original(xp).float(), repaired(xp).float()
+                routed = logit > 0
+                ok["original"].append((out_o.argmax(1) == y).cpu())
+                ok["repaired"].append((out_r.argmax(1) == y).cpu())
+                ok["switched"].append(torch.where(routed, out_r.argmax(1), out_o.argmax(1)).eq(y).cpu())
+        g = torch.cat(gate)
+        if cond == "clean":
+            logits_clean = g
+        n = len(g)
+        settings = {"family": family.name, "split": split}
+        for which, values in ok.items():
+            rows.append(SuiteRow(suite, f"{split}/paths/{cond}/{which}", 100.0 * torch.cat(values).float()
+                                 .mean().item(), n, group="paths", settings={**settings, "path": which}))
+        rows.append(SuiteRow(suite, f"{split}/paths/{cond}/routed to the repair",
+                             100.0 * (g > 0).float().mean().item(), n, group="paths", metric="percent",
+                             settings=settings))
+        if cond != "clean" and logits_clean is not None:
+            value = auroc(logits_clean, g)
+            if not math.isnan(value):
+                rows.append(SuiteRow(suite, f"{split}/paths/{cond}/auroc", value, 2 * n, group="paths",
+                                     metric="auroc", settings=settings))
+    return rows

@@ -21,6 +21,7 @@ from perf_data import smooth_images, zoo_model
 from deeppatch.data import TensorSplit, to_float
 from deeppatch.evaluation import predict
 from deeppatch.seeding import derive_seed
+from deeppatch.technique.gating import PathSwitch, early_activations, gate_tap
 from deeppatch.technique.patching import PatchedNetwork, plan_patches
 from deeppatch.technique.switch import LearnedGate, ReferenceGate, SwitchedModel
 
@@ -86,3 +87,45 @@ def test_switch_vs_original_throughput(benchmark, perf, gate, routing):
     benchmark.extra_info.update(extra)
     if same is not None:
         assert same
+
+
+def path_switch_inputs(n_images: int, device: str = "cpu") -> tuple[torch.nn.Module, PathSwitch, TensorSplit]:
+    """A switch in front of a second model of the same architecture (a repaired model's cost): the
+    gate's threshold routes 10 % of the clean images to the repaired model."""
+    base = zoo_model()
+    with torch.random.fork_rng():
+        torch.manual_seed(derive_seed(0, "perf", "repaired"))
+        repaired = zoo_model().eval()
+        for p in repaired.parameters():
+            p.data.add_(0.01 * torch.randn_like(p))
+    data = TensorSplit(smooth_images(n_images, "switch-clean"), torch.zeros(n_images, dtype=torch.long))
+    tap = gate_tap(base)
+    probe = to_float(data.x[:BATCH])
+    with torch.inference_mode():
+        a = early_activations(base, tap, probe)
+        with torch.random.fork_rng():
+            torch.manual_seed(derive_seed(0, "perf", "gate"))
+            gate = LearnedGate(a.shape[1]).eval()
+        gate.threshold.fill_(torch.quantile(gate.logit(a), 1 - ROUTED).item())
+    model = PathSwitch(base, repaired, gate, tap).eval()
+    dev = torch.device(device)
+    return base.to(dev), model.to(dev), data.to(dev)
+
+
+def test_switch_for_any_corrector_vs_original_throughput(benchmark, perf):
+    """`finetune+switch` and friends: gate on the original's early activations, then one full path."""
+    n = perf.size(IMAGES, BATCH)
+    device = str(perf.device)
+    base, model, data = path_switch_inputs(n, device)
+    outputs: dict[str, torch.Tensor] = {}
+    predict(model, data.head(BATCH), batch_size=BATCH, device=device)
+    predict(base, data.head(BATCH), batch_size=BATCH, device=device)
+    row = perf.compare(benchmark, "switch for any corrector (learned gate): throughput vs original",
+                       lambda: outputs.__setitem__("ours", predict(model, data, batch_size=BATCH, device=device)),
+                       lambda: outputs.__setitem__("ref", predict(base, data, batch_size=BATCH, device=device)),
+                       rounds=3, work=n, unit="image", target="speedup (relative throughput) >= 0.8")
+    routed = torch.cat([model.route(x).cpu() for x, _ in data.batches(BATCH, device=device)])
+    row["routed_to_repair"] = routed.float().mean().item()
+    row["original_route_identical"] = (outputs["ours"] == outputs["ref"])[~routed].all().item()
+    benchmark.extra_info.update({"routed_to_repair": row["routed_to_repair"]})
+    assert row["original_route_identical"]

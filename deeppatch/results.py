@@ -7,6 +7,7 @@ per grid cell. `rows_to_frame` turns rows into a pandas DataFrame with the colum
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import os
@@ -14,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from deeppatch.errors import DeepPatchError
@@ -62,9 +64,13 @@ class SuiteRow:
     source: str = ""
     settings: dict[str, Any] = field(default_factory=dict)
     eval_time_s: float = 0.0
+    # per test image: classified correctly? (stored beside the rows, in samples/, for paired statistics)
+    correct: Any = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        out.pop("correct")
+        return out
 
 
 def complete_row(row: SuiteRow, cell: dict[str, Any]) -> dict[str, Any]:
@@ -168,6 +174,88 @@ def read_rows(results_dir: str | os.PathLike) -> list[dict[str, Any]]:
 def load_rows(results_dir):
     """All rows under `results_dir` as one pandas DataFrame with the columns of `COLUMNS`."""
     return rows_to_frame(read_rows(results_dir))
+
+
+SAMPLES_FORMAT = "deeppatch.samples/1"
+
+
+def sample_key(suite: str, condition: str) -> str:
+    return f"{suite}|{condition}"
+
+
+def write_cell_samples(results_dir: str | os.PathLike, cell_key: str, rows: list[SuiteRow],
+                       eval_seed: int) -> Path | None:
+    """Per-sample correctness of every row that has it, one bit per image, in samples/<cell_key>.json."""
+    correct = {sample_key(r.suite, r.condition): encode_correctness(r.correct) for r in rows if r.correct is not None}
+    if not correct:
+        return None
+    return atomic_write_text(json.dumps({"format": SAMPLES_FORMAT, "cell": cell_key, "eval_seed": eval_seed,
+                                         "correct": correct}, sort_keys=True, separators=(",", ":")) + "\n",
+                             Path(results_dir) / "samples" / f"{cell_key}.json")
+
+
+def read_samples(results_dir: str | os.PathLike) -> dict[str, dict[tuple[str, str], np.ndarray]]:
+    """{cell key: {(suite, condition): bool array per test image}} for every samples file (may be empty)."""
+    out: dict[str, dict[tuple[str, str], np.ndarray]] = {}
+    folder = Path(results_dir) / "samples"
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            if doc.get("format") != SAMPLES_FORMAT:
+                raise ValueError(f"format {doc.get('format')!r}")
+            out[path.stem] = {tuple(key.split("|", 1)): decode_correctness(value)
+                              for key, value in doc["correct"].items()}
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError, DeepPatchError) as exc:
+            raise DeepPatchError(f"{path}: not a per-sample correctness file ({exc})") from None
+    return out
+
+
+def read_rows_by_cell(results_dir: str | os.PathLike) -> dict[str, list[dict[str, Any]]]:
+    """{cell key (the rows file's name): its validated rows}."""
+    folder = Path(results_dir) / "rows"
+    if not folder.is_dir():
+        raise DeepPatchError(f"no result rows under {str(results_dir)!r} (expected a rows/ folder)")
+    return {path.stem: read_cell_rows(path) for path in sorted(folder.glob("*.jsonl"))}
+
+
+def pack_correctness(correct: Any) -> tuple[bytes, int]:
+    """One seed's correctness as (bytes, length): 1 bit per image, most significant bit first; the length
+    is needed because the last byte is padded with zero bits."""
+    arr = np.asarray(correct.cpu() if hasattr(correct, "cpu") else correct)
+    if arr.ndim != 1 or arr.size == 0:
+        raise DeepPatchError(f"pack one seed at a time: need a non-empty 1-D array, got shape {arr.shape}")
+    if arr.dtype != bool and not np.isin(arr, (0, 1)).all():
+        raise DeepPatchError("correctness must be boolean (or 0/1)")
+    return np.packbits(arr.astype(bool), bitorder="big").tobytes(), int(arr.size)
+
+
+def unpack_correctness(data: bytes, length: int) -> np.ndarray:
+    """The boolean array `pack_correctness` packed; checks the byte count and the zero padding."""
+    if isinstance(length, bool) or int(length) != length or length <= 0:
+        raise DeepPatchError(f"length must be a positive integer; got {length!r}")
+    length = int(length)
+    if len(data) != (length + 7) // 8:
+        raise DeepPatchError(f"{len(data)} bytes cannot hold {length} bits (need {(length + 7) // 8})")
+    bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8), bitorder="big")
+    if bits[length:].any():
+        raise DeepPatchError("packed correctness has nonzero padding bits: wrong length or corrupt data")
+    return bits[:length].astype(bool)
+
+
+def encode_correctness(correct: Any) -> dict[str, Any]:
+    """JSON-ready {"n": length, "bits": base64 of the packed bits}, for the samples/ side files."""
+    data, length = pack_correctness(correct)
+    return {"n": length, "bits": base64.b64encode(data).decode("ascii")}
+
+
+def decode_correctness(obj: dict[str, Any]) -> np.ndarray:
+    """Inverse of `encode_correctness`."""
+    try:
+        data = base64.b64decode(obj["bits"], validate=True)
+        length = obj["n"]
+    except (KeyError, TypeError, ValueError) as error:
+        raise DeepPatchError(f"not an encoded correctness object ({error}): {str(obj)[:60]}") from None
+    return unpack_correctness(data, length)
 
 
 def read_manifest(results_dir: str | os.PathLike) -> dict[str, Any]:

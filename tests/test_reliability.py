@@ -87,6 +87,8 @@ def test_editing_a_plugin_reruns_exactly_its_cells_and_rerun_forces(tmp_path):
 
 
 def test_broken_rows_files_are_not_done_cells(tmp_path, caplog):
+    logger = logging.getLogger("deeppatch.harness.runner")
+    logger.disabled = False  # a library's logging.config call may have disabled existing loggers
     caplog.set_level(logging.WARNING, logger="deeppatch.harness.runner")
     spec_path = spec_with_plugin(tmp_path)
     results = tmp_path / "r"

@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 
+from deeppatch import results as codec
 from deeppatch.errors import DeepPatchError
 from deeppatch.reporting import stats
 
@@ -370,28 +371,28 @@ def test_format_paired_and_p():
 @pytest.mark.parametrize("length", [1, 7, 8, 9, 13, 1000, 1001, 10_007])
 def test_codec_round_trips(length):
     correct = np.random.default_rng(length).random(length) < 0.7
-    data, n = stats.pack_correctness(correct)
+    data, n = codec.pack_correctness(correct)
     assert n == length and len(data) == math.ceil(length / 8)  # 1 bit per image
-    back = stats.unpack_correctness(data, n)
+    back = codec.unpack_correctness(data, n)
     assert back.dtype == np.bool_ and np.array_equal(back, correct)
-    text = json.dumps(stats.encode_correctness(correct))
-    assert np.array_equal(stats.decode_correctness(json.loads(text)), correct)
+    text = json.dumps(codec.encode_correctness(correct))
+    assert np.array_equal(codec.decode_correctness(json.loads(text)), correct)
 
 
 def test_codec_bit_order_is_fixed():
     # MSB first: [1,0,1,1,0,0,0,0, 1] -> 0b10110000, 0b10000000.
-    assert stats.pack_correctness([True, False, True, True, False, False, False, False, True]) == (b"\xb0\x80", 9)
+    assert codec.pack_correctness([True, False, True, True, False, False, False, False, True]) == (b"\xb0\x80", 9)
 
 
 def test_codec_rejects_bad_data():
     with pytest.raises(DeepPatchError, match="nonzero padding"):
-        stats.unpack_correctness(b"\xff", 5)
+        codec.unpack_correctness(b"\xff", 5)
     with pytest.raises(DeepPatchError, match="cannot hold 17 bits"):
-        stats.unpack_correctness(b"\x00\x00", 17)
+        codec.unpack_correctness(b"\x00\x00", 17)
     with pytest.raises(DeepPatchError, match="one seed at a time"):
-        stats.pack_correctness(np.ones((2, 8), dtype=bool))
+        codec.pack_correctness(np.ones((2, 8), dtype=bool))
     with pytest.raises(DeepPatchError, match="not an encoded"):
-        stats.decode_correctness({"n": 3})
+        codec.decode_correctness({"n": 3})
 
 
 # --------------------------------------------------------------------------- errors

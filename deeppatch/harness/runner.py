@@ -30,7 +30,7 @@ from deeppatch.harness.spec import Cell, Spec
 from deeppatch.models.checkpoint import load_model, save_model
 from deeppatch.perturbations import get_perturbation
 from deeppatch.pretrain import PretrainConfig, checkpoint_extra, checkpoint_kind, default_epochs, obtain_model
-from deeppatch.results import SuiteRow, read_cell_rows, write_cell_rows
+from deeppatch.results import SuiteRow, read_cell_rows, write_cell_rows, write_cell_samples
 from deeppatch.seeding import seed_everything
 from deeppatch.storage import Workspace, atomic_write_json, file_lock, stable_hash
 from deeppatch.technique.gating import SwitchedCorrector
@@ -41,6 +41,10 @@ log = logging.getLogger(__name__)
 
 def rows_path(results_dir: Path, cell: Cell) -> Path:
     return Path(results_dir) / "rows" / f"{cell.key()}.jsonl"
+
+
+def samples_path(results_dir: Path, cell: Cell) -> Path:
+    return Path(results_dir) / "samples" / f"{cell.key()}.json"
 
 
 def failure_path(results_dir: Path, cell: Cell) -> Path:
@@ -115,16 +119,19 @@ def retire_stale_rows(results_dir: Path, cells: list[Cell]) -> int:
     for cell in cells:
         for path in sorted((Path(results_dir) / "rows").glob(f"{cell.slug()}__*.jsonl")):
             if path.stem != cell.key() and path.stem.rsplit("__", 1)[0] == cell.slug():
-                target = Path(results_dir) / "stale" / path.name
-                target.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(path, target)
+                for old, folder in ((path, "rows"), (Path(results_dir) / "samples" / f"{path.stem}.json", "samples")):
+                    if old.is_file():
+                        target = Path(results_dir) / "stale" / folder / old.name
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        os.replace(old, target)
                 moved += 1
     return moved
 
 
 def forget_cell(results_dir: Path, cell: Cell) -> None:
     """Remove a cell's rows, repaired model and failure record, so that it runs again (--rerun)."""
-    for path in (rows_path(results_dir, cell), repaired_path(results_dir, cell), failure_path(results_dir, cell)):
+    for path in (rows_path(results_dir, cell), repaired_path(results_dir, cell), failure_path(results_dir, cell),
+                 samples_path(results_dir, cell)):
         path.unlink(missing_ok=True)
 
 
@@ -175,8 +182,9 @@ def _run_cell(cell: Cell, results_dir: Path, *, device: torch.device | None,
                          "cell": cell.config()})
     model = model.to(device).eval()
 
-    test = stratified_subset(splits.test, spec.n_eval, cell.seed).to(device)
-    rows = evaluate_model(model, test, splits.info, spec.suites, device=device, seed=cell.seed,
+    # the same test images and perturbation draws for every corrector and repair seed (paired statistics)
+    test = stratified_subset(splits.test, spec.n_eval, spec.eval_seed).to(device)
+    rows = evaluate_model(model, test, splits.info, spec.suites, device=device, seed=spec.eval_seed,
                           batch_size=spec.eval_batch_size, suite_n_eval=spec.suite_n_eval,
                           cache_dir=results_dir / "cache" / "suites",
                           data_dir=Path(cell.dataset.data_dir) if cell.dataset.data_dir else None)
@@ -189,6 +197,7 @@ def _run_cell(cell: Cell, results_dir: Path, *, device: torch.device | None,
                      label=cell.corrector.label, corrector=cell.corrector.name, params=cell.corrector.params,
                      budget=cell.effective_budget(), seed=cell.seed, cost=cost, device=device,
                      code_hash=cell.corrector.code)
+    write_cell_samples(results_dir, cell.key(), rows, spec.eval_seed)
     write_cell_rows(results_dir, cell.key(), full)
     failure_path(results_dir, cell).unlink(missing_ok=True)
     shutil.rmtree(work, ignore_errors=True)
@@ -209,7 +218,8 @@ def write_manifest(spec: Spec, results_dir: Path, device: torch.device) -> None:
     atomic_write_json({"benchmark": spec.name, "spec": {"name": spec.name, "file": spec.path},
                        "description": spec.description, "spec_content": spec.raw,
                        "git_commit": versions.get("git_commit"), "versions": versions,
-                       "device": device_name(device), "seeds": spec.seeds, "n_eval": spec.n_eval,
+                       "device": device_name(device), "seeds": spec.seeds, "eval_seed": spec.eval_seed,
+                       "n_eval": spec.n_eval,
                        "code": {"harness": spec.harness_code,
                                 "correctors": {c.label: c.code for c in spec.correctors}},
                        "suite_n_eval": spec.suite_n_eval, "maintenance": {"perturbation": spec.perturbation,

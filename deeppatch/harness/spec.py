@@ -42,7 +42,7 @@ DATASET_KEYS = {"name", "data_dir", "val_fraction", "split_seed", "download"}
 MODEL_KEYS = {"name", "weights", "epochs", "lr", "batch_size", "train_if_missing", "train_subset", "checkpoint"}
 CORRECTOR_KEYS = {"name", "params", "grid", "label", "budget", "switch", "gate_target"}
 BUDGET_KEYS = {"epochs", "train_subset", "batch_size"}
-EVALUATION_KEYS = {"n_eval", "batch_size"}
+EVALUATION_KEYS = {"n_eval", "batch_size", "seed"}
 LAUNCHER_KEYS = {"name", "cluster", "partition", "gpus_per_task", "cpus_per_task", "time_limit_min",
                  "array_parallelism", "mem_gb", "folder"}
 WEIGHTS = ("auto", "pretrained", "scratch")
@@ -134,6 +134,7 @@ class Spec:
     report_dir: str
     raw: dict[str, Any] = field(default_factory=dict)
     harness_code: str = ""  # hash of the runner's source and what it imports (suites, models, data, ...)
+    eval_seed: int = 0  # which test images and perturbation draws: the same for every corrector and seed
 
     def cells(self) -> list[Cell]:
         return [Cell(self, d, m, c, s) for d, m, c, s in
@@ -158,6 +159,7 @@ class Cell:
                               "budget": self.effective_budget()},
                 "maintenance": {"perturbation": s.perturbation, "settings": s.perturbation_settings},
                 "suites": s.suites, "suite_n_eval": s.suite_n_eval, "n_eval": s.n_eval, "seed": self.seed,
+                "eval_seed": s.eval_seed,
                 "code": {"corrector": self.corrector.code, "harness": s.harness_code},
                 **({"switch": {"gate": self.corrector.switch, "target": self.corrector.gate_target}}
                    if self.corrector.switch != "none" else {})}
@@ -348,7 +350,14 @@ def parse_spec(raw: dict[str, Any], file: str = "<spec>") -> Spec:
         results_dir=str(raw.get("results_dir", f"results/{name}")), report_dir=str(raw.get("report_dir",
                                                                                           f"reports/{name}")),
         raw=raw, harness_code=module_code_hash("deeppatch.harness.runner"),
+        eval_seed=_eval_seed(evaluation.get("seed", 0), file),
     )
+
+
+def _eval_seed(value: Any, file: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise DeepPatchError(f"{file}: [evaluation].seed must be an integer >= 0, got {value!r}")
+    return value
 
 
 def _no_duplicates(names: list[str], table: str, file: str) -> None:

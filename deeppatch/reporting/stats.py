@@ -22,7 +22,6 @@ which is Holm's rejection rule. Every resampling uses its own `numpy.random.Gene
 
 from __future__ import annotations
 
-import base64
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -367,47 +366,6 @@ def format_estimate(estimate: Estimate, decimals: int = 2, scale: float = 1.0) -
     iv = estimate.interval
     return (f"{estimate.value * scale:.{decimals}f} ({_level_text(iv.level)} CI "
             f"[{iv.low * scale:.{decimals}f}, {iv.high * scale:.{decimals}f}])")
-
-
-# --------------------------------------------------------------------------- per-sample storage
-
-
-def pack_correctness(correct: ArrayLike) -> tuple[bytes, int]:
-    """One seed's correctness as (bytes, length): 1 bit per image, most significant bit first; the length
-    is needed because the last byte is padded with zero bits. Pack several seeds row by row."""
-    c = _as_correct(correct, "correct")
-    if np.asarray(correct).ndim != 1:
-        raise DeepPatchError(f"pack one seed at a time: need a 1-D array, got shape {np.asarray(correct).shape}")
-    return np.packbits(c[0], bitorder="big").tobytes(), int(c.shape[1])
-
-
-def unpack_correctness(data: bytes, length: int) -> np.ndarray:
-    """The boolean array `pack_correctness` packed; checks the byte count and the zero padding."""
-    if isinstance(length, bool) or int(length) != length or length <= 0:
-        raise DeepPatchError(f"length must be a positive integer; got {length!r}")
-    length = int(length)
-    if len(data) != (length + 7) // 8:
-        raise DeepPatchError(f"{len(data)} bytes cannot hold {length} bits (need {(length + 7) // 8})")
-    bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8), bitorder="big")
-    if bits[length:].any():
-        raise DeepPatchError("packed correctness has nonzero padding bits: wrong length or corrupt data")
-    return bits[:length].astype(bool)
-
-
-def encode_correctness(correct: ArrayLike) -> dict[str, Any]:
-    """JSON-ready {"n": length, "bits": base64 of the packed bits}, for side files next to result rows."""
-    data, length = pack_correctness(correct)
-    return {"n": length, "bits": base64.b64encode(data).decode("ascii")}
-
-
-def decode_correctness(obj: dict[str, Any]) -> np.ndarray:
-    """Inverse of `encode_correctness`."""
-    try:
-        data = base64.b64decode(obj["bits"], validate=True)
-        length = obj["n"]
-    except (KeyError, TypeError, ValueError) as error:
-        raise DeepPatchError(f"not an encoded correctness object ({error}): {str(obj)[:60]}") from None
-    return unpack_correctness(data, length)
 
 
 # --------------------------------------------------------------------------- helpers

@@ -37,7 +37,8 @@ class BlurSuite(Suite):
             c = (pred == y).float()
             correct.append(c)
             rows.append(SuiteRow("blur", cond, 100.0 * c.mean().item(), len(y), group="sigma", severity=sigma,
-                                 settings={"quantize": self.family.quantize}, eval_time_s=time.perf_counter() - t1))
+                                 settings={"quantize": self.family.quantize}, eval_time_s=time.perf_counter() - t1,
+                                 correct=c.bool()))
         total = time.perf_counter() - t0
         rows.append(SuiteRow("blur", "mean", sum(r.value for r in rows) / len(rows), len(y) * len(rows),
                              group="aggregate", settings={"quantize": self.family.quantize}, eval_time_s=total))

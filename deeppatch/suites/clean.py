@@ -6,7 +6,7 @@ import time
 
 from torch import nn
 
-from deeppatch.evaluation import accuracy
+from deeppatch.evaluation import predict
 from deeppatch.results import SuiteRow
 from deeppatch.suites.base import Suite, SuiteContext
 
@@ -17,5 +17,7 @@ class CleanSuite(Suite):
 
     def evaluate(self, model: nn.Module, ctx: SuiteContext) -> list[SuiteRow]:
         t0 = time.perf_counter()
-        acc = accuracy(model, ctx.test, batch_size=ctx.batch_size, device=ctx.device)
-        return [SuiteRow("clean", "clean", acc, len(ctx.test), group="clean", eval_time_s=time.perf_counter() - t0)]
+        correct = predict(model, ctx.test, batch_size=ctx.batch_size, device=ctx.device) == ctx.test.y.cpu()
+        acc = 100.0 * correct.float().mean().item() if len(correct) else float("nan")
+        return [SuiteRow("clean", "clean", acc, len(ctx.test), group="clean", eval_time_s=time.perf_counter() - t0,
+                         correct=correct)]

@@ -221,10 +221,11 @@ class CorruptionSuite(Suite):
                     split = self._generated_split(ctx, corruption, severity, digest)
                 pred = predict(model, split, batch_size=ctx.batch_size, device=ctx.device,
                                desc=f"{label} {corruption}/{severity}")
-                acc = 100.0 * (pred == split.y.cpu()).float().mean().item()
+                correct = pred == split.y.cpu()
+                acc = 100.0 * correct.float().mean().item()
                 rows.append(SuiteRow(self.name, f"{label}/{corruption}/{severity}", acc, len(split), group=corruption,
                                      severity=severity, source=label, settings=dict(settings),
-                                     eval_time_s=time.perf_counter() - t0))
+                                     eval_time_s=time.perf_counter() - t0, correct=correct))
         return rows + self._aggregates(rows, label, settings, time.perf_counter() - t_all)
 
     def _aggregates(self, rows: list[SuiteRow], label: str, settings: dict, total_s: float) -> list[SuiteRow]:

@@ -155,13 +155,14 @@ class SpatialSuite(Suite):
             settings = {**common, "cached": nset.from_cache}
             if band is None:
                 rows.append(SuiteRow("spatial", "neighbours", 100.0 * correct.float().mean().item(), len(correct),
-                                     group="aggregate", source="generated", settings=settings, eval_time_s=wall))
+                                     group="aggregate", source="generated", settings=settings, eval_time_s=wall,
+                                     correct=correct))
                 if self.settings["per_transform"]:
                     rows += self._per_transform(correct, nset.neighbours, common)
             else:
                 rows.append(SuiteRow("spatial", f"range={band}/{bands}", 100.0 * correct.float().mean().item(),
                                      len(correct), group="range", severity=float(band), source="generated",
-                                     settings=settings, eval_time_s=wall))
+                                     settings=settings, eval_time_s=wall, correct=correct))
         return rows
 
     @staticmethod

@@ -19,7 +19,7 @@ from deeppatch.results import SuiteRow
 from deeppatch.technique import switch
 from deeppatch.technique.blame import ENGINES, METHODS, blame
 from deeppatch.technique.diagnostics import switch_rows, validation_diagnostics
-from deeppatch.technique.gating import GATE_TARGETS, GateFit, fit_best_gate, validation_paths
+from deeppatch.technique.gating import GATE_TARGETS, GateFit, fit_best_gate, path_rows, validation_paths
 from deeppatch.technique.patching import GROUPED, INITS, SIDES, UNITS, PatchedNetwork, plan_patches
 from deeppatch.technique.switch import (
     GATES,
@@ -187,7 +187,9 @@ class DeepPatchCorrector(Corrector):
                         batch_size: int) -> list[SuiteRow]:
         """The switch's routing and AUROC per gate, and each routing mode's accuracy, on test data."""
         if isinstance(model, SwitchedModel):
-            return switch_rows(model, test, family, device, batch_size)
+            # the paper's variants (routing modes, gates, the switch off), and the switch next to each path
+            return switch_rows(model, test, family, device, batch_size) + path_rows(model, test, family, device,
+                                                                                    batch_size)
         return []
 
     @classmethod

@@ -414,8 +414,9 @@ def path_rows(model: nn.Module, test: TensorSplit, family: Perturbation, device:
         n = len(g)
         settings = {"family": family.name, "split": split}
         for which, values in ok.items():
-            rows.append(SuiteRow(suite, f"{split}/paths/{cond}/{which}", 100.0 * torch.cat(values).float()
-                                 .mean().item(), n, group="paths", settings={**settings, "path": which}))
+            correct = torch.cat(values)
+            rows.append(SuiteRow(suite, f"{split}/paths/{cond}/{which}", 100.0 * correct.float().mean().item(), n,
+                                 group="paths", settings={**settings, "path": which}, correct=correct))
         rows.append(SuiteRow(suite, f"{split}/paths/{cond}/routed to the repair",
                              100.0 * (g > 0).float().mean().item(), n, group="paths", metric="percent",
                              settings=settings))

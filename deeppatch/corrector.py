@@ -101,13 +101,15 @@ class RepairTask:
     def batch_size(self, default: int) -> int:
         return default if self.budget.batch_size is None else int(self.budget.batch_size)
 
-    def cached_json(self, kind: str, config: dict[str, Any], compute: Callable[[], Any]) -> Any:
-        """`compute()` once per (model under maintenance, kind, config, data); see `Workspace`.
+    def cached_json(self, kind: str, config: dict[str, Any], compute: Callable[[], Any], *,
+                    per_seed: bool = True) -> Any:
+        """`compute()` once per (model under maintenance, kind, config, data, and the repair seed unless
+        `per_seed` is False: work that does not depend on it is shared by every seed); see `Workspace`.
 
         Work shared between repairs this way is not counted in this repair's time: its one-off cost
         is reported apart (RepairCost.details["shared_work"]).
         """
-        key = {"seed": self.seed, "perturbation": self.perturbation.name,
+        key = {"seed": self.seed if per_seed else None, "perturbation": self.perturbation.name,
                "conditions": list(self.perturbation.conditions), "val": len(self.splits.val), **config}
         item = self.workspace.cached(kind, key, compute)
         self.clock.exclude(kind, item)

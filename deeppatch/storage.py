@@ -203,7 +203,7 @@ class RepairClock:
         """Take shared work out of this repair's time; remember its one-off cost under `kind`."""
         if item.computed_here:
             self.excluded += item.seconds
-        self.shared[kind] = {"seconds": item.seconds, "key": item.digest}
+        self.shared[kind] = {"seconds": item.seconds, "key": item.digest, "computed_here": item.computed_here}
 
 
 @dataclass(frozen=True)

@@ -223,3 +223,15 @@ def test_heldout_corruptions_are_averaged_apart(base, digits):
     assert rows["generated/seen/mean"] == pytest.approx((rows["generated/fog/2"] + rows["generated/contrast/2"]) / 2)
     with pytest.raises(DeepPatchError, match="unknown held-out corruption 'frost'"):
         get_suite("corruptions", corruptions=["fog"], heldout=["frost"])
+
+
+def test_attacks_on_a_real_switch_report_every_strategy_and_the_worst_case(base, digits):
+    pair, _ = toy_pair(base, digits, 0.0)
+    ctx = SuiteContext(digits.info, digits.test.head(40), CPU, seed=0, batch_size=40)
+    suite = get_suite("attacks", attacks=[{"name": "pgd", "norm": "Linf", "eps": 0.1, "steps": 3}], square_queries=10)
+    rows = suite.evaluate(pair, ctx)
+    worst = next(r for r in rows if r.settings.get("strategy") == "worst-case")
+    strategies = {r.settings["strategy"]: r.value for r in rows if "/switch:" in r.condition}
+    assert set(strategies) == {"plain", "path-original", "path-repaired", "relaxed", "square"}
+    assert worst.value <= min(strategies.values()) + 1e-9
+    assert worst.correct is not None and len(worst.correct) == worst.n

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 from deeppatch.errors import DeepPatchError
@@ -34,10 +35,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
                            rerun=parse_only(args.rerun, "--rerun") if args.rerun else None)
     if args.dry_run:
         return 0
-    report = None
+    report, report_s = None, None
     if not args.no_report:
+        t0 = time.perf_counter()
         report = build_report(results, report_dir)
+        report_s = time.perf_counter() - t0
     print(result.summary(spec.name))
+    for line in result.stage_lines(report_s):
+        print(line)
     for line in result.failed:
         print(f"  FAILED {line}")
     if report:

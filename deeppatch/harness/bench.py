@@ -43,6 +43,20 @@ class BenchResult:
     seconds: float = 0.0
     by_others: int = 0  # cells another process on the same results folder finished while this one waited
     rerun: int = 0
+    stages: dict[str, float] = field(default_factory=dict)  # seconds per stage, summed over the cells run here
+
+    def stage_lines(self, report_s: float | None = None) -> list[str]:
+        """The stage breakdown: model under maintenance, each repair, each suite, the report."""
+        stages = dict(self.stages)
+        if report_s is not None:
+            stages["report"] = report_s
+        if not stages:
+            return []
+        width = max(len(k) for k in stages) + 2
+        lines = ["stage breakdown (wall seconds in this process):"]
+        lines += [f"  {k:<{width}s}{v:8.1f}" for k, v in stages.items()]
+        lines.append(f"  {'total (bench)':<{width}s}{self.seconds + (report_s or 0.0):8.1f}")
+        return lines
 
     def summary(self, name: str) -> str:
         parts = [f"{self.cells} cells", f"{self.skipped} already done", f"{self.ran - self.by_others} run here"]
@@ -150,7 +164,8 @@ def run_benchmark(spec: Spec, *, only: dict[str, set[str]] | None = None, device
         for cell in todo:
             bar.set_postfix_str(cell.describe(), refresh=True)
             try:
-                _, how = run_cell(cell, results, device=torch_device, show_progress=show_progress)
+                _, how = run_cell(cell, results, device=torch_device, show_progress=show_progress,
+                                  timings=result.stages)
                 result.by_others += how != "ran"
                 done(cell, "ok")
             except KeyboardInterrupt:

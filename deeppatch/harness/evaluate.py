@@ -6,6 +6,7 @@ notebook table and a benchmark table hold the same rows.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,7 +28,7 @@ def evaluate_model(
     model: nn.Module, test: TensorSplit, info: DatasetInfo, suites: Mapping[str, Mapping[str, Any]], *,
     device: torch.device, seed: int, batch_size: int = 512, suite_n_eval: Mapping[str, int | None] | None = None,
     cache_dir: Path | None = None, data_dir: Path | None = None, corrector: Corrector | None = None,
-    family: Perturbation | None = None,
+    family: Perturbation | None = None, timings: dict[str, float] | None = None,
 ) -> list[SuiteRow]:
     """Every suite's rows for `model` on `test` (a suite's own n_eval takes a seeded stratified subset),
     then the corrector's extra rows (e.g. DeepPatch's routing) when a corrector and family are given."""
@@ -37,10 +38,19 @@ def evaluate_model(
         sub = stratified_subset(test, (suite_n_eval or {}).get(name), seed)
         ctx = SuiteContext(info, sub, device, seed=seed, batch_size=batch_size, cache_dir=cache_dir,
                            data_dir=data_dir)
+        t0 = time.perf_counter()
         rows.extend(get_suite(name, **settings).evaluate(model, ctx))
+        _add(timings, f"suite {name}", time.perf_counter() - t0)
     if corrector is not None and family is not None:
+        t0 = time.perf_counter()
         rows.extend(corrector.evaluation_rows(model, test, family, device, batch_size))
+        _add(timings, "corrector diagnostics", time.perf_counter() - t0)
     return rows
+
+
+def _add(timings: dict[str, float] | None, stage: str, seconds: float) -> None:
+    if timings is not None:
+        timings[stage] = timings.get(stage, 0.0) + seconds
 
 
 def full_rows(rows: list[SuiteRow], *, benchmark: str, dataset: str, model: str, label: str, corrector: str,

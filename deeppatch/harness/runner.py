@@ -136,7 +136,8 @@ def forget_cell(results_dir: Path, cell: Cell) -> None:
 
 
 def run_cell(cell: Cell, results_dir: Path, *, device: torch.device | None = None,
-             show_progress: bool | None = None) -> tuple[list[dict[str, Any]], str]:
+             show_progress: bool | None = None, timings: dict[str, float] | None = None
+             ) -> tuple[list[dict[str, Any]], str]:
     """Repair and evaluate one cell; write its full rows. Returns (rows, "ran" or "done by another worker").
 
     Holds the cell's lock: a second worker on the same results folder waits, then finds the rows.
@@ -145,18 +146,21 @@ def run_cell(cell: Cell, results_dir: Path, *, device: torch.device | None = Non
         done = finished_rows(Path(results_dir), cell)
         if done is not None:
             return done, "done by another worker"
-        return _run_cell(cell, Path(results_dir), device=device, show_progress=show_progress), "ran"
+        return _run_cell(cell, Path(results_dir), device=device, show_progress=show_progress,
+                         timings=timings if timings is not None else {}), "ran"
 
 
 def _run_cell(cell: Cell, results_dir: Path, *, device: torch.device | None,
-              show_progress: bool | None) -> list[dict[str, Any]]:
+              show_progress: bool | None, timings: dict[str, float]) -> list[dict[str, Any]]:
     spec = cell.spec
     results_dir = Path(results_dir)
     device = device or resolve_device(spec.device)
     t_cell = time.perf_counter()
     splits = load_cell_splits(cell)
     family = get_perturbation(spec.perturbation, **spec.perturbation_settings)
+    t0 = time.perf_counter()
     base, _ = maintenance_model(cell, splits, results_dir, device)
+    add_time(timings, "model under maintenance", time.perf_counter() - t0)
     seed_everything(cell.seed)
     corrector = get_corrector(cell.corrector.name, plugin_dirs=spec.plugin_dirs, **cell.corrector.params)
     if cell.corrector.switch == "learned":
@@ -176,6 +180,10 @@ def _run_cell(cell: Cell, results_dir: Path, *, device: torch.device | None,
         diagnostics = [SuiteRow(**r) for r in loaded.record["meta"]["diagnostics"]]
     else:
         repaired, cost = run_repair(corrector, task)
+        add_time(timings, f"repair {cell.corrector.label}", cost.wall_time_s)
+        for kind, info in cost.details.get("shared_work", {}).items():
+            if info.get("computed_here"):
+                add_time(timings, f"shared work: {kind} (computed once)", float(info["seconds"]))
         model, diagnostics = repaired.model, repaired.diagnostics
         save_model(rpath, model, arch=cell.model.name, info=splits.info, kind=repaired.kind, extra=repaired.extra,
                    meta={"cost": asdict(cost), "diagnostics": [d.to_dict() for d in diagnostics],
@@ -187,7 +195,7 @@ def _run_cell(cell: Cell, results_dir: Path, *, device: torch.device | None,
     rows = evaluate_model(model, test, splits.info, spec.suites, device=device, seed=spec.eval_seed,
                           batch_size=spec.eval_batch_size, suite_n_eval=spec.suite_n_eval,
                           cache_dir=results_dir / "cache" / "suites",
-                          data_dir=Path(cell.dataset.data_dir) if cell.dataset.data_dir else None)
+                          data_dir=Path(cell.dataset.data_dir) if cell.dataset.data_dir else None, timings=timings)
     rows.extend(diagnostics)
     rows.extend(SuiteRow("diagnostics", f"shared work/{kind}", float(info["seconds"]), 1, group="shared work",
                          metric="seconds", source="cache", settings={"key": info["key"]})
@@ -203,6 +211,10 @@ def _run_cell(cell: Cell, results_dir: Path, *, device: torch.device | None,
     shutil.rmtree(work, ignore_errors=True)
     log.info("cell %s done in %.1f s", cell.describe(), time.perf_counter() - t_cell)
     return full
+
+
+def add_time(timings: dict[str, float], stage: str, seconds: float) -> None:
+    timings[stage] = timings.get(stage, 0.0) + seconds
 
 
 def record_failure(results_dir: Path, cell: Cell, exc: BaseException) -> None:

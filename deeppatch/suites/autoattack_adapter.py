@@ -118,14 +118,18 @@ def _check_classes(num_classes: int, attacks: Sequence[str]) -> None:
 def run_autoattack(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "Linf",
     version: str = "standard", attacks: Sequence[str] | None = None, seed: int = 0, batch_size: int = 250,
-    device: torch.device | str | None = None,
+    device: torch.device | str | None = None, square_queries: int | None = None,
 ) -> AutoAttackResult:
     """Run AutoAttack on images `x` in [0, 1] with labels `y`; the model is put in eval mode.
 
     With fewer than 10 classes the targeted attacks use num_classes - 1 targets instead of 9.
+    `square_queries` replaces Square's query budget (AutoAttack's 5 000) when given.
     """
     norm, attack_list = validate_settings(norm=norm, eps=eps, version=version, attacks=attacks,
                                           batch_size=batch_size)
+    if square_queries is not None and (not isinstance(square_queries, int) or isinstance(square_queries, bool)
+                                       or square_queries < 1):
+        raise DeepPatchError(f"Square's query budget must be a positive integer, got {square_queries!r}")
     _check_inputs(x, y)
     module = _import_autoattack()
     if device is None:
@@ -150,6 +154,8 @@ def run_autoattack(
             adversary.apgd_targeted.n_target_classes = min(adversary.apgd_targeted.n_target_classes, targets)
         if hasattr(adversary, "fab"):
             adversary.fab.n_target_classes = min(adversary.fab.n_target_classes, targets)
+        if square_queries is not None:
+            adversary.square.n_queries = square_queries
         with torch.no_grad():
             clean_pred = torch.cat([model(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
         x_adv, y_adv = adversary.run_standard_evaluation(x, y, batch_size=batch_size)

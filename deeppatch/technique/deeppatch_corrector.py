@@ -136,18 +136,23 @@ def patch_model(task: RepairTask, params: DeepPatchParams, ranking: dict[str, An
 
 def cached_ranking(task: RepairTask, method: str, *, engine: str = "auto", batch_size: int = 500
                    ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The blame ranking of the model under maintenance, computed once per (model, method, data)."""
+    """The blame ranking of the model under maintenance, computed once per (model, method, data) and shared
+    by every repair seed: it is a property of the model under maintenance (its perturbed validation data
+    are drawn with a fixed seed, BLAME_SEED)."""
 
     def compute() -> dict[str, Any]:
-        result = blame(task.model, method, task.splits.val, task.perturbation, seed=task.seed, device=task.device,
+        result = blame(task.model, method, task.splits.val, task.perturbation, seed=BLAME_SEED, device=task.device,
                        batch_size=batch_size, engine=engine, show_progress=task.show_progress)
         return {"ranking": result.ranking(), "info": {"method": result.method, "engine": result.engine,
                                                       "seconds": result.seconds,
                                                       "base_accuracy": result.base_accuracy}}
 
-    cached = task.cached_json("blame", {"method": method, "code": module_code_hash("deeppatch.technique.blame")},
-                              compute)
+    cached = task.cached_json("blame", {"method": method, "code": module_code_hash("deeppatch.technique.blame"),
+                                        "blame_seed": BLAME_SEED}, compute, per_seed=False)
     return cached["ranking"], cached["info"]
+
+
+BLAME_SEED = 0  # the blame data's draws: one ranking per model under maintenance, whatever the repair seed
 
 
 class DeepPatchCorrector(Corrector):

@@ -94,13 +94,14 @@ def ranking_path(ctx: StageContext, method: str) -> Path:
 
 
 def run_assess(ctx: StageContext, method: str, *, engine: str = "auto", batch_size: int = 500,
-               show_progress: bool | None = None) -> dict[str, Any]:
+               show_progress: bool | None = None, quantize: bool = True) -> dict[str, Any]:
     """Blame every filter; write susp_filters_<method>.json (ratioestim uses perfloss's ranking)."""
     blame_method = "perfloss" if method == "ratioestim" else method
     result = blame(ctx.base.model, blame_method, ctx.splits.val, ctx.family, seed=ctx.seed, device=ctx.device,
-                   batch_size=batch_size, engine=engine, show_progress=show_progress)
+                   batch_size=batch_size, engine=engine, show_progress=show_progress, quantize=quantize)
     doc = result.to_json(dataset=ctx.dataset, model=ctx.model_name, perturbation=ctx.family.name,
-                         conditions=list(ctx.family.conditions), seed=ctx.seed, versions=environment_versions())
+                         conditions=list(ctx.family.conditions), seed=ctx.seed, versions=environment_versions(),
+                         quantized=quantize)
     path = atomic_write_json(doc, ranking_path(ctx, blame_method))
     return {"path": str(path), "method": blame_method, "base_accuracy": result.base_accuracy,
             "seconds": result.seconds, "engine": result.engine, "filters": result.details["filters"],

@@ -24,16 +24,17 @@ def family():
     return get_perturbation("blur", sigmas=[0.5, 1.0])
 
 
+@pytest.mark.parametrize("quantize", [False, True])
 @pytest.mark.parametrize("arch", ["tinycnn", "resnet20", "shufflenetv2_x0_5", "mobilenetv2_x0_5"])
 @pytest.mark.parametrize("method", ["perfloss", "featswap"])
-def test_fast_engines_equal_the_naive_loop(arch, method, digits, family):
+def test_fast_engines_equal_the_naive_loop(arch, method, quantize, digits, family):
     model = seeded_model(arch, digits.info)
     convs = [(n, m) for n, m in conv_layers(model) if m.out_channels <= 64]
     # small models: every layer; larger ones: the stem, one conv in the middle and the last narrow one
     picks = {convs[0][0], convs[len(convs) // 2][0], convs[-1][0]}
     layers = None if arch == "tinycnn" else sorted(picks)
     val = digits.val.head(20)
-    kwargs = dict(seed=0, device=CPU, batch_size=10, layers=layers)
+    kwargs = dict(seed=0, device=CPU, batch_size=10, layers=layers, quantize=quantize)
     naive = blame(model, method, val, family, engine="naive", **kwargs)
     for engine in ("suffix", "batched"):
         fast = blame(model, method, val, family, engine=engine, max_images=200, **kwargs)
@@ -75,3 +76,15 @@ def test_blame_is_deterministic_and_validates(digits, family):
         blame(model, "gradcam", digits.val, family, seed=0, device=CPU)
     with pytest.raises(DeepPatchError, match="valid choices"):
         blame(model, "perfloss", digits.val, family, seed=0, device=CPU, engine="warp")
+
+
+def test_quantized_blame_data_lies_on_the_8_bit_grid(digits, family):
+    from deeppatch.technique.blame_common import featswap_data, perfloss_data
+
+    data = perfloss_data(digits.val.head(10), family, 0, CPU, quantize=True)
+    assert torch.equal(data.x * 255, torch.round(data.x * 255))
+    raw = perfloss_data(digits.val.head(10), family, 0, CPU)
+    assert not torch.equal(raw.x * 255, torch.round(raw.x * 255))  # blur leaves the grid
+    assert (data.x - raw.x).abs().max() <= 0.5 / 255 + 1e-7
+    _, noisy = featswap_data(digits.val.head(10), family, 0, CPU, quantize=True)
+    assert torch.equal(noisy.x * 255, torch.round(noisy.x * 255))

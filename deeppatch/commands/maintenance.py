@@ -52,7 +52,10 @@ def _context(args: argparse.Namespace, checkpoint: str | None = None):
 
 def cmd_assess(args: argparse.Namespace) -> int:
     ctx = _context(args, args.checkpoint)
-    out = run_assess(ctx, args.fs_method, engine=args.blame_engine, batch_size=args.blame_batch_size)
+    if args.blame_batch_size <= 0:
+        raise DeepPatchError(f"--blame_batch_size must be positive, got {args.blame_batch_size}")
+    out = run_assess(ctx, args.fs_method, engine=args.blame_engine, batch_size=args.blame_batch_size,
+                     quantize=not args.float_blame)
     print(f"assessed {out['filters']} filters with {out['method']} ({out['engine']} engine) on {out['n_images']} "
           f"perturbed val images in {out['seconds']:.1f} s; base accuracy {out['base_accuracy']:.2f} %")
     print(f"ranking: {out['path']}")
@@ -271,6 +274,8 @@ def register(sub: argparse._SubParsersAction, add_common) -> None:
     p.add_argument("--checkpoint", default=None, help="model under maintenance (default: pretrain's checkpoint)")
     p.add_argument("--blame_engine", "--blame-engine", choices=("auto", "suffix", "batched", "naive"), default="auto")
     p.add_argument("--blame_batch_size", "--blame-batch-size", type=int, default=500)
+    p.add_argument("--float_blame", "--float-blame", action="store_true",
+                   help="blame on float perturbed images (default: rounded to 8 bits, as the reference's are)")
     p.set_defaults(func=cmd_assess)
 
     p = sub.add_parser("correct", help="patch the blamed filters and train the patch (or finetune)",

@@ -191,24 +191,26 @@ def resolve_engine(model: nn.Module, engine: str) -> str:
 def blame(
     model: nn.Module, method: str, val: TensorSplit, family: Perturbation, *, seed: int,
     device: torch.device, batch_size: int = 500, engine: str = "auto", max_images: int = 4096,
-    layers: list[str] | None = None, show_progress: bool | None = None,
+    layers: list[str] | None = None, show_progress: bool | None = None, quantize: bool = False,
 ) -> BlameResult:
-    """Score every filter of every conv (or of `layers`) with `method`."""
+    """Score every filter of every conv (or of `layers`) with `method`; `quantize`: the perturbed
+    blame data rounded to 8 bits, like the reference's."""
     if method not in METHODS:
         raise unknown_choice("blame method", method, METHODS)
     if method == "perfloss-fo":  # one backward pass per batch; no per-filter engine involved
-        return perfloss_fo(model, val, family, seed=seed, device=device, batch_size=batch_size, layers=layers)
+        return perfloss_fo(model, val, family, seed=seed, device=device, batch_size=batch_size, layers=layers,
+                           quantize=quantize)
     t0 = time.perf_counter()
     model = model.to(device).eval()
     engine = resolve_engine(model, engine)
     convs = select_convs(model, layers)
 
     if method == "perfloss":
-        data = perfloss_data(val, family, seed, device)
+        data = perfloss_data(val, family, seed, device, quantize)
         batches = [(x, y, None) for x, y in data.batches(batch_size, device=device)]
         make_edit: Callable[[Any], Edit] = _zero
     else:
-        clean, data = featswap_data(val, family, seed, device)
+        clean, data = featswap_data(val, family, seed, device, quantize)
         capture = _ActivationCapture(model)
         batches = [(x, y, xc) for (x, y), (xc, _) in zip(data.batches(batch_size, device=device),
                                                           clean.batches(batch_size, device=device), strict=True)]

@@ -57,7 +57,7 @@ class FirstOrderBlameResult(BlameResult):
 
 def perfloss_fo(
     model: nn.Module, val: TensorSplit, family: Perturbation, *, seed: int, device: torch.device,
-    batch_size: int = 500, layers: list[str] | None = None,
+    batch_size: int = 500, layers: list[str] | None = None, quantize: bool = False,
 ) -> FirstOrderBlameResult:
     """Score every filter of every conv (or of `layers`) with the first-order perfloss estimate.
 
@@ -70,7 +70,7 @@ def perfloss_fo(
         model = model.to(device).eval()
         convs = select_convs(model, layers)
         with torch.no_grad():
-            data = perfloss_data(val, family, seed, device)
+            data = perfloss_data(val, family, seed, device, quantize)
         sums = {name: torch.zeros(conv.out_channels, dtype=torch.float64, device=device) for name, conv in convs}
         correct = 0
         for x, y in data.batches(batch_size, device=device):

@@ -65,15 +65,23 @@ def select_convs(model: nn.Module, layers: list[str] | None) -> list[tuple[str, 
     return [(n, m) for n, m in convs if n in layers]
 
 
-def perfloss_data(val: TensorSplit, family: Perturbation, seed: int, device: torch.device) -> TensorSplit:
-    """Every condition of the family applied to val, no clean images (the reference's ``expand``)."""
-    return family.expand(val.to(device), device=device, generator=make_generator(seed, "blame", "expand"))
+def quantize8(x: torch.Tensor) -> torch.Tensor:
+    """Round to the 8-bit grid, as the reference's perturbed images are (PIL on uint8 images)."""
+    return torch.round(x * 255.0) / 255.0
 
 
-def featswap_data(val: TensorSplit, family: Perturbation, seed: int, device: torch.device
-                  ) -> tuple[TensorSplit, TensorSplit]:
+def perfloss_data(val: TensorSplit, family: Perturbation, seed: int, device: torch.device,
+                  quantize: bool = False) -> TensorSplit:
+    """Every condition of the family applied to val, no clean images (the reference's ``expand``);
+    `quantize`: rounded to 8 bits like the reference's blurred images."""
+    data = family.expand(val.to(device), device=device, generator=make_generator(seed, "blame", "expand"))
+    return TensorSplit(quantize8(data.x), data.y) if quantize else data
+
+
+def featswap_data(val: TensorSplit, family: Perturbation, seed: int, device: torch.device,
+                  quantize: bool = False) -> tuple[TensorSplit, TensorSplit]:
     """(clean val, noisy val) aligned image by image; noise drawn once from a seeded generator."""
     clean = val.to(device)
     x = to_float(clean.x)
     noisy, _ = family.random_mix(x, make_generator(seed, "blame", "featswap"), p_clean=0.5)
-    return TensorSplit(x, clean.y), TensorSplit(noisy, clean.y)
+    return TensorSplit(x, clean.y), TensorSplit(quantize8(noisy) if quantize else noisy, clean.y)

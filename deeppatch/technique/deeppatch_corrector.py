@@ -68,6 +68,9 @@ class DeepPatchParams:
     decision_factor: float = field(default=1.0, metadata={"help": "multiplies the reference threshold", "min": 0.0})
     blame_engine: str = field(default="auto", metadata={"help": "blame engine", "choices": ENGINES})
     blame_batch_size: int = field(default=500, metadata={"help": "images per blame batch", "min": 1})
+    blame_quantize: bool = field(default=True, metadata={
+        "help": "round the perturbed blame data to 8 bits, as the reference's PIL-blurred uint8 images are "
+                "(default: on, so rankings match the reference's; off: float perturbations)"})
 
 
 def train_patch(task: RepairTask, params: DeepPatchParams, ranking: dict[str, Any] | None
@@ -134,21 +137,21 @@ def patch_model(task: RepairTask, params: DeepPatchParams, ranking: dict[str, An
     return model, extra
 
 
-def cached_ranking(task: RepairTask, method: str, *, engine: str = "auto", batch_size: int = 500
-                   ) -> tuple[dict[str, Any], dict[str, Any]]:
+def cached_ranking(task: RepairTask, method: str, *, engine: str = "auto", batch_size: int = 500,
+                   quantize: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
     """The blame ranking of the model under maintenance, computed once per (model, method, data) and shared
     by every repair seed: it is a property of the model under maintenance (its perturbed validation data
     are drawn with a fixed seed, BLAME_SEED)."""
 
     def compute() -> dict[str, Any]:
         result = blame(task.model, method, task.splits.val, task.perturbation, seed=BLAME_SEED, device=task.device,
-                       batch_size=batch_size, engine=engine, show_progress=task.show_progress)
+                       batch_size=batch_size, engine=engine, show_progress=task.show_progress, quantize=quantize)
         return {"ranking": result.ranking(), "info": {"method": result.method, "engine": result.engine,
                                                       "seconds": result.seconds,
                                                       "base_accuracy": result.base_accuracy}}
 
     cached = task.cached_json("blame", {"method": method, "code": module_code_hash("deeppatch.technique.blame"),
-                                        "blame_seed": BLAME_SEED}, compute, per_seed=False)
+                                        "blame_seed": BLAME_SEED, "quantize": quantize}, compute, per_seed=False)
     return cached["ranking"], cached["info"]
 
 
@@ -177,7 +180,8 @@ class DeepPatchCorrector(Corrector):
         ranking = None
         blame_info: dict[str, Any] = {}
         if p.side != "random":
-            ranking, blame_info = cached_ranking(task, p.blame, engine=p.blame_engine, batch_size=p.blame_batch_size)
+            ranking, blame_info = cached_ranking(task, p.blame, engine=p.blame_engine, batch_size=p.blame_batch_size,
+                                                 quantize=p.blame_quantize)
         model, extra = patch_model(task, p, ranking)
         extra["blame"] = blame_info
         pv = perturbed_val(task)

@@ -17,6 +17,11 @@ from pathlib import Path
 
 import pytest
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "deeppatch"
 
@@ -72,3 +77,13 @@ def test_import_deeppatch_stays_cheap():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout.split()
     assert out == ["False", "False"]
+
+
+def test_every_module_of_the_package_is_in_a_layer():
+    """A new top-level module must be placed in the layers contract, or the contract would not cover it."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    layers = next(c for c in config["tool"]["importlinter"]["contracts"] if c["type"] == "layers")["layers"]
+    listed = {name.strip() for layer in layers for name in re.split(r"[|:]", layer)}
+    modules = {p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__"}
+    modules |= {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
+    assert modules - listed == set(), f"not in any layer: {sorted(modules - listed)}"

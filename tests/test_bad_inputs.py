@@ -97,6 +97,7 @@ def work(tmp_path_factory) -> Path:
         "bad_perturbation": spec_text().replace('perturbation = "blur"', 'perturbation = "blurr"'),
         "bad_device": spec_text().replace('device = "cpu"', 'device = "tpu"'),
         "not_toml": "name = [unclosed\n",
+        "bad_leaderboard": spec_text() + "\n[leaderboard]\nclean_drop_tolerance = -1\n",
     }
     for name, text in specs.items():
         (root / f"{name}.toml").write_text(text)
@@ -180,6 +181,7 @@ def cases() -> list[tuple[str, list[str], str]]:
         ("bench-dataset", ["bench", "{w}/bad_dataset.toml"], "digitz"),
         ("bench-perturbation", ["bench", "{w}/bad_perturbation.toml"], "blurr"),
         ("bench-device", ["bench", "{w}/bad_device.toml"], "unknown device 'tpu'"),
+        ("bench-leaderboard", ["bench", "{w}/bad_leaderboard.toml"], "clean_drop_tolerance must be a number >= 0"),
         ("bench-only", ["bench", "{w}/ok.toml", "--only", "colour=red", "--results", "{w}/r"], "colour=red"),
         ("bench-only-none", ["bench", "{w}/ok.toml", "--only", "corrector=none", "--results", "{w}/r"],
          "selects no cell"),

@@ -7,15 +7,19 @@ import hashlib
 import json
 import math
 import re
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from deeppatch.cli import main
-from deeppatch.reporting import build_report
-from deeppatch.results import SuiteRow, complete_row, write_cell_rows
+from deeppatch.reporting import build_report, stats
+from deeppatch.reporting.tables import attack_label
+from deeppatch.results import SuiteRow, complete_row, write_cell_rows, write_cell_samples
 from deeppatch.storage import stable_hash
 
 SIGMAS = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0)
@@ -114,96 +118,510 @@ def results(built) -> Path:
     return built[0]
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    m = sum(values) / len(values)
-    s = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else float("nan")
-    return m, s
+# ---------------------------------------------------------------------------------------------------------
+# a benchmark with per-sample data: several attacks, switched correctors, the leaderboard spec
+
+SW_N = 400  # test images
+SW_SIGMAS = (1.0, 2.0, 3.0)
+SW_CORRUPTIONS = ("fog", "snow")
+SW_ATTACKS = (  # condition, group, eps, subset size, settings
+    ("pgd-linf/eps=0.1/steps=10", "pgd-linf", 0.1, 200,
+     {"name": "pgd", "norm": "Linf", "eps": 0.1, "steps": 10, "step_size": 0.025, "restarts": 1,
+      "random_start": True}),
+    ("pgd-l2/eps=0.5/steps=10", "pgd-l2", 0.5, 200,
+     {"name": "pgd", "norm": "L2", "eps": 0.5, "steps": 10, "step_size": 0.125, "restarts": 1, "random_start": True}),
+    ("autoattack-custom[apgd-ce]-linf/eps=0.1", "autoattack-custom[apgd-ce]-linf", 0.1, 100,
+     {"name": "autoattack", "version": "custom", "attacks": ["apgd-ce"], "norm": "Linf", "eps": 0.1}),
+)
+SW_STRATEGIES = ("plain", "path-original", "path-repaired", "relaxed", "square")
+# label -> (corrector name, clean, blur per sigma, corruption per kind, attacks, added params)
+SW_MODELS = {
+    "none": ("none", 0.900, (0.70, 0.50, 0.30), (0.60, 0.55), (0.02, 0.05, 0.01), 0),
+    "adversarial": ("adversarial", 0.700, (0.66, 0.60, 0.55), (0.62, 0.60), (0.50, 0.55, 0.45), 0),
+    "finetune": ("finetune", 0.870, (0.85, 0.80, 0.75), (0.72, 0.70), (0.04, 0.06, 0.02), 0),
+    "finetune+switch[auto]": ("finetune", 0.895, (0.84, 0.79, 0.74), (0.66, 0.64), (0.04, 0.06, 0.02), 4000),
+    "deeppatch+switch[learned auto]": ("deeppatch", 0.900, (0.80, 0.76, 0.71), (0.65, 0.63), (0.03, 0.05, 0.02),
+                                       9957),
+}
+SW_SWITCHED = ("finetune+switch[auto]", "deeppatch+switch[learned auto]")
+SW_MANIFEST = {"benchmark": "switched", "spec": {"name": "switched", "file": "benchmarks/switched.toml"},
+               "eval_seed": 7, "seeds": [0],
+               "spec_content": {"name": "switched", "leaderboard": {"metric": "blur mean",
+                                                                     "clean_drop_tolerance": 1.0}},
+               "code": {"harness": "h4rn3ss"}}
 
 
-def _headline_rows(out: Path):
-    import pandas as pd
+def bits(key: str, n: int, accuracy: float) -> np.ndarray:
+    """A fixed pseudo-random correctness array with exactly round(accuracy * n) correct images."""
+    rng = np.random.default_rng(int(hashlib.sha256(key.encode()).hexdigest()[:12], 16))
+    out = np.zeros(n, dtype=bool)
+    out[rng.permutation(n)[:round(accuracy * n)]] = True
+    return out
 
+
+def _row(suite: str, condition: str, correct: np.ndarray | None = None, value: float | None = None, n: int = 0,
+         **kw) -> SuiteRow:
+    if correct is not None:
+        value, n = 100.0 * float(correct.mean()), correct.size
+    return SuiteRow(suite, condition, value, n, correct=correct, **kw)
+
+
+def switched_rows(label: str, seed: int, n: int = SW_N) -> list[SuiteRow]:
+    name, clean, blur, corr, attacks, _ = SW_MODELS[label]
+    key = f"{label}/{seed}"
+    clean += 0.01 * seed  # several seeds: a spread across seeds
+    rows = [_row("clean", "clean", bits(f"{key}/clean", n, clean), group="clean")]
+    sig = [bits(f"{key}/sigma={s:g}", n, a) for s, a in zip(SW_SIGMAS, blur, strict=True)]
+    rows += [_row("blur", f"sigma={s:g}", c, group="sigma", severity=s) for s, c in zip(SW_SIGMAS, sig, strict=True)]
+    rows.append(_row("blur", "mean", value=float(np.mean([c.mean() for c in sig]) * 100), n=n * len(sig),
+                     group="aggregate"))
+    rows.append(_row("blur", "union", value=float(np.concatenate([rows[0].correct, *sig]).mean() * 100),
+                     n=n * (len(sig) + 1), group="aggregate"))
+    for kind, acc in zip(SW_CORRUPTIONS, corr, strict=True):
+        for sev in (1, 3):
+            rows.append(_row("corruptions", f"generated/{kind}/{sev}",
+                             bits(f"{key}/{kind}/{sev}", n, acc + 0.05 * (3 - sev)), group=kind, severity=sev,
+                             source="generated"))
+    switched = label in SW_SWITCHED
+    subsets = sorted({a[3] for a in SW_ATTACKS}, reverse=True)
+    for size in subsets:
+        rows.append(_row("attacks", f"clean/n={size}", bits(f"{key}/clean/{size}", size, clean), group="clean",
+                         severity=0.0))
+    for (cond, group, eps, size, settings), acc in zip(SW_ATTACKS, attacks, strict=True):
+        settings = {**settings, "n": size}
+        if not switched:
+            rows.append(_row("attacks", cond, bits(f"{key}/{cond}", size, acc), group=group, severity=eps,
+                             settings=settings))
+            continue
+        per = {s: bits(f"{key}/{cond}/{s}", size, min(1.0, acc * (2 + i))) for i, s in enumerate(SW_STRATEGIES)}
+        worst = np.logical_and.reduce(list(per.values()))
+        rows.append(_row("attacks", cond, worst, group=group, severity=eps,
+                         settings={**settings, "strategy": "worst-case", "strategies": list(SW_STRATEGIES)}))
+        rows += [_row("attacks", f"{cond}/switch:{s}", c, group=f"{group}/switch:{s}", severity=eps,
+                      settings={**settings, "strategy": s}) for s, c in per.items()]
+    if switched:
+        for cond, acc in (("clean", clean), *((f"sigma={s:g}", a) for s, a in zip(SW_SIGMAS, blur, strict=True))):
+            for which, a in (("switched", acc), ("original", SW_MODELS["none"][1] if cond == "clean" else 0.4),
+                             ("repaired", acc - 0.02)):
+                rows.append(_row("diagnostics", f"test/paths/{cond}/{which}",
+                                 bits(f"{key}/paths/{cond}/{which}", n, a), group="paths",
+                                 settings={"family": "blur", "split": "test", "path": which}))
+            routed = 5.0 if cond == "clean" else 90.0
+            rows.append(_row("diagnostics", f"test/paths/{cond}/routed to the repair", value=routed, n=n,
+                             group="paths", metric="percent", settings={"family": "blur", "split": "test"}))
+            if cond != "clean":
+                rows.append(_row("diagnostics", f"test/paths/{cond}/auroc", value=0.97, n=2 * n, group="paths",
+                                 metric="auroc", settings={"family": "blur", "split": "test"}))
+    if name == "deeppatch":
+        for split, size in (("val", 240), ("test", n)):
+            for gate, auc in (("reference", 0.62), ("learned", 0.99)):
+                rows.append(_row("diagnostics", f"{split}/{gate}/clean routed original", value=98.0, n=size,
+                                 group="routing", metric="routing_accuracy"))
+                for s in SW_SIGMAS:
+                    rows.append(_row("diagnostics", f"{split}/{gate}/sigma={s:g} routed patched", value=90.0, n=size,
+                                     group="routing", metric="routing_accuracy"))
+                    rows.append(_row("diagnostics", f"{split}/{gate}/sigma={s:g} auroc", value=auc, n=2 * size,
+                                     group="auroc", metric="auroc"))
+        for variant in ("per-sample/learned", "batch-majority/learned", "per-sample/reference",
+                        "switch=off (always patched)"):
+            rows.append(_row("diagnostics", f"test/{variant}/clean", value=88.0, n=n, group="variant"))
+            rows.append(_row("diagnostics", f"test/{variant}/blur_mean", value=75.0, n=n, group="variant"))
+    if label == "finetune+switch[auto]":
+        rows.append(_row("diagnostics", "val/switch/holdout switched accuracy", value=85.0, n=300, group="switch",
+                         source="repair"))
+    return rows
+
+
+def switched_results(folder: Path, seeds: tuple[int, ...] = (0,), n: int = SW_N, samples: bool = True,
+                     manifest: dict | None = None) -> Path:
+    for label, (name, *_, added) in SW_MODELS.items():
+        params = {"name": name, **({"switch": "learned"} if label in SW_SWITCHED else {})}
+        for seed in seeds:
+            rows = switched_rows(label, seed, n)
+            cell = {"benchmark": "switched", "dataset": "cifar10", "model": "resnet20", "corrector": label,
+                    "params": params, "params_hash": stable_hash(params), "seed": seed,
+                    "repair_time_s": 0.0 if name == "none" else 20.0, "trainable_params": added,
+                    "added_params": added, "epochs": 2, "device": "cpu (test)",
+                    "versions": {"deeppatch": "0.1.0", "torch": "2.x", "git_commit": "abc123"},
+                    "created": "2025-01-01T00:00:00", "code_hash": f"code-{name}"}
+            key = f"cifar10__resnet20__{label}__s{seed}"
+            write_cell_rows(folder, key, [complete_row(r, cell) for r in rows])
+            if samples:
+                write_cell_samples(folder, key, rows, 7)
+    manifest = SW_MANIFEST if manifest is None else manifest
+    (folder / "manifest.json").write_text(json.dumps({**manifest, "seeds": list(seeds)}), encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def switched_built(tmp_path_factory) -> tuple[Path, Path, dict[str, Path]]:
+    """A one-seed report with per-sample data, several attacks and two switched correctors."""
+    folder = tmp_path_factory.mktemp("switched")
+    results = switched_results(folder / "results")
+    return results, folder / "report", build_report(results, folder / "report")
+
+
+def _arrays(label: str, seed: int = 0, n: int = SW_N) -> dict[str, np.ndarray]:
+    """The fixture's per-sample arrays of one cell, by condition."""
+    return {r.condition: r.correct for r in switched_rows(label, seed, n) if r.correct is not None}
+
+
+
+def _headline_rows(out: Path) -> dict[tuple[str, str], dict[str, dict]]:
+    """headline.csv (tidy) as {(model, corrector): {metric: its record}}."""
     frame = pd.read_csv(out / "headline.csv")
-    return {(r["model"], r["corrector"]): r for _, r in frame.iterrows()}
+    rows: dict[tuple[str, str], dict[str, dict]] = {}
+    for record in frame.to_dict("records"):
+        rows.setdefault((record["model"], record["corrector"]), {})[record["metric"]] = record
+    return rows
+
+
+def _pct(interval) -> tuple[float, float]:
+    return 100 * interval.low, 100 * interval.high
+
+
+def _table(text: str, heading: str, after: str | None = None) -> list[str]:
+    """The Markdown table lines that follow `heading` (the first one after the line `after`, when given)."""
+    lines = text.splitlines()
+    start = lines.index(heading, lines.index(after) if after else 0)
+    first = next(i for i in range(start, len(lines)) if lines[i].startswith("|"))
+    end = next((i for i in range(first, len(lines)) if not lines[i].startswith("|")), len(lines))
+    return lines[first:end]
+
+
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
 
 
 # ---------------------------------------------------------------------------------------------------------
-# numbers
+# numbers (results without per-sample data: intervals, no tests, nothing bold)
 
 
-def test_headline_numbers_deltas_seeds_and_best_marks(built):
+def test_headline_numbers_changes_and_intervals(built):
     out = built[1]
     rows = _headline_rows(out)
     assert set(rows) == {("resnet20", "none"), ("resnet20", "deeppatch (routing=per-sample)"),
                          ("resnet20", "deeppatch (routing=batch-majority)"), ("resnet20", "finetune"),
                          ("vgg13_bn", "none"), ("vgg13_bn", "finetune")}
     ps = rows[("resnet20", "deeppatch (routing=per-sample)")]
-    assert ps["seeds"] == 2 and ps["clean"] == pytest.approx(90.0) and ps["clean std"] == pytest.approx(math.sqrt(2))
-    assert ps["Δ clean"] == pytest.approx(-1.0) and ps["Δ clean std"] == pytest.approx(0.0)
+    clean = ps["clean"]
+    t = stats.t_interval([89.0, 91.0])
+    assert clean["seeds"] == 2 and clean["n"] == 100 and clean["mean"] == pytest.approx(90.0)
+    assert clean["ci_method"] == "t" and clean["ci_low"] == pytest.approx(t.low)
+    assert clean["ci_high"] == pytest.approx(100.0)  # a share: the t interval is cut at 100 %
+    assert ps["delta clean"]["mean"] == pytest.approx(-1.0) and math.isnan(ps["delta clean"]["ci_low"])  # no spread
+    assert math.isnan(ps["delta clean"]["p"]) and math.isnan(ps["delta clean"]["significant"])  # no samples: no test
     ft = rows[("resnet20", "finetune")]
-    assert ft["Δ clean"] == pytest.approx(-4.5) and ft["Δ clean std"] == pytest.approx(_mean_std([-5, -4])[1])
-    # the vgg reference has seed 0 only: seed 1 is compared with its mean
+    t = stats.t_interval([-5.0, -4.0])
+    assert ft["delta clean"]["mean"] == pytest.approx(-4.5)
+    assert (ft["delta clean"]["ci_low"], ft["delta clean"]["ci_high"]) == pytest.approx((t.low, t.high))
+    # the vgg reference has seed 0 only: seed 1 is compared with its mean; one seed: Wilson on n
     vgg = rows[("vgg13_bn", "finetune")]
-    assert vgg["Δ clean"] == pytest.approx(((70 - 80) + (74 - 80)) / 2)
-    assert math.isnan(rows[("resnet20", "none")]["Δ clean"])
+    assert vgg["delta clean"]["mean"] == pytest.approx(((70 - 80) + (74 - 80)) / 2)
+    ref = rows[("vgg13_bn", "none")]["clean"]
+    assert ref["ci_method"] == "wilson"
+    assert (ref["ci_low"], ref["ci_high"]) == pytest.approx(_pct(stats.wilson_interval(80, 100)))
+    assert "delta clean" not in rows[("resnet20", "none")]
 
     # blur mean: stored aggregate rows, or (finetune has none) computed from the sigma rows of each seed
     for label, key in (("dp-ps", ps), ("finetune", ft)):
         per_seed = [sum(blur_value(CLEAN["resnet20", label][s], label, x) for x in SIGMAS) / 6 for s in (0, 1)]
-        assert key["blur mean"] == pytest.approx(_mean_std(per_seed)[0])
-        assert key["blur mean std"] == pytest.approx(_mean_std(per_seed)[1])
+        assert key["blur mean"]["mean"] == pytest.approx(sum(per_seed) / 2)
+        assert key["blur mean"]["n"] == 100  # images per condition, not conditions x images
     per_seed = [sum(corruption_value(CLEAN["resnet20", "dp-ps"][s], "dp-ps", c, k) for c in CORRUPTIONS
                     for k in range(1, 6)) / 10 for s in (0, 1)]
-    assert ps["corruptions mean"] == pytest.approx(_mean_std(per_seed)[0])
-    assert ps[ATTACKS[0][0]] == pytest.approx(10 + 6 + 0.5) and ps[ATTACKS[1][0]] == pytest.approx(21.5)
-    assert ps["repair time (s)"] == 12.0 and ps["added params"] == 1500
-
-    # best marks: among correctors (none excluded), per dataset and model
-    best = {k: [c[:-5] for c in r.index if c.endswith(" best") and r[c]] for k, r in rows.items()}
-    assert best[("resnet20", "none")] == []
-    assert "clean" in best[("resnet20", "deeppatch (routing=batch-majority)")]
-    assert "blur mean" in best[("resnet20", "deeppatch (routing=per-sample)")]
-    assert "repair time (s)" in best[("resnet20", "deeppatch (routing=per-sample)")]
-    assert "repair time (s)" in best[("resnet20", "deeppatch (routing=batch-majority)")]  # a tie: both marked
-    assert "added params" in best[("resnet20", "finetune")]
-    assert best[("vgg13_bn", "finetune")] == []  # a single corrector: nothing to compare
+    assert ps["corruptions mean"]["mean"] == pytest.approx(sum(per_seed) / 2)
+    assert ps[ATTACKS[0][0]]["mean"] == pytest.approx(10 + 6 + 0.5) and ps[ATTACKS[1][0]]["mean"] == 21.5
+    assert ps["repair time s"]["mean"] == 12.0 and ps["added params"]["mean"] == 1500
+    # no per-sample data: nothing is marked best
+    assert not any(r["best"] for metrics in rows.values() for r in metrics.values())
 
 
-def test_markdown_tables_show_mean_std_and_bold_best(built):
+def test_markdown_tables_show_intervals_and_na(built):
     out = built[1]
     text = built[2]["markdown"].read_text(encoding="utf-8")
     assert text.startswith("# DeepPatch Bench report: unit\n")
     assert "- **spec**: benchmarks/unit.toml" in text and "- **git commit**: abc123" in text
-    assert "- **seeds**: 0, 1" in text and "generated by this project" in text
+    assert "- **seeds**: 0, 1 (2)" in text and "generated by this project" in text
+    assert "- **evaluation seed**: not recorded (older results)" in text
+    assert "- **per-sample data**: none (results written before" in text
     assert "clean 100; blur 100; corruptions 50; attacks 32; diagnostics 100/600/700 (per condition)" in text
-    line = next(x for x in text.splitlines() if x.startswith("| cifar10 | resnet20 | deeppatch (routing=batch-maj"))
-    assert "| **90.50 ± 1.41** | **-0.50 ± 0.00** |" in line and line.endswith("| **12.0** | 1,500 |")
-    ref = next(x for x in text.splitlines() if x.startswith("| cifar10 | resnet20 | none |"))
-    assert "| 91.00 ± 1.41 | – |" in ref and ref.endswith("| 0.0 | 0 |")
+    head = _table(text, "## Headline")
+    assert head[0].startswith("| corrector | seeds | clean (n=100) | Δ clean | blur mean (n=100) | Δ blur mean |")
+    assert "| PGD-10 L2 0.5 (n=32) | PGD-10 L∞ 8/255 (n=32) |" in head[0]
+    assert head[2].startswith("| **cifar10 / resnet20** |")
+    line = next(x for x in head if x.startswith("| deeppatch (routing=batch-majority) |"))
+    assert "| 90.50 [77.8, 100.0] | -0.50 n/a |" in line and line.endswith("| 12.0 | 1,500 |")
+    ref = next(x for x in head if x.startswith("| none | 2 |"))
+    assert "| 91.00 [78.3, 100.0] | – |" in ref and ref.endswith("| 0.0 | 0 |")
+    assert "**" not in "".join(head[3:]).replace("**cifar10 / ", "").replace("** |", "")  # nothing bold
+    assert "Nothing is bold: these results have no per-sample data" in text
+    assert "- **PGD-10 L∞ 8/255**: pgd-linf/eps=0.0314/steps=10" in text  # the legend under the table
     for path in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text):
         assert not path.startswith(("/", "http")) and (out / path).is_file()
 
 
 def test_per_condition_tables(built):
     text = built[2]["markdown"].read_text(encoding="utf-8")
-    blur_head = ("| corrector | seeds | clean | sigma=0.5 | sigma=1 | sigma=1.5 | sigma=2 | sigma=2.5 | sigma=3 | mean "
-                 "| union |")
+    blur_head = ("| corrector | seeds | clean (n=100) | sigma=0.5 (n=100) | sigma=1 (n=100) | sigma=1.5 (n=100) | "
+                 "sigma=2 (n=100) | sigma=2.5 (n=100) | sigma=3 (n=100) | mean (n=100) | union |")
     assert blur_head in text
     # corruptions: rows per corruption with each corrector, columns per severity, then all corruptions
-    head = "| corruption | corrector | seeds | severity 1 | severity 2 | severity 3 | severity 4 | severity 5 | mean |"
+    head = ("| corruption | corrector | seeds | severity 1 (n=50) | severity 2 (n=50) | severity 3 (n=50) | "
+            "severity 4 (n=50) | severity 5 (n=50) | mean (n=50) |")
     assert head in text
     fog = next(x for x in text.splitlines() if x.startswith("| fog | deeppatch (routing=per-sample) |"))
-    cells = [c.strip() for c in fog.strip("|").split("|")]
     values = [corruption_value(89.0, "dp-ps", "fog", 1), corruption_value(91.0, "dp-ps", "fog", 1)]
-    assert cells[3] == f"**{_mean_std(values)[0]:.2f} ± {_mean_std(values)[1]:.2f}**"
+    t = stats.t_interval(values)
+    assert _cells(fog)[3] == f"{sum(values) / 2:.2f} [{t.low:.1f}, {min(t.high, 100):.1f}]"
     allc = next(x for x in text.splitlines() if x.startswith("| all corruptions | finetune |"))
     assert allc.count("|") == head.count("|")
-    # attacks, one column per condition
-    assert f"| corrector | seeds | {ATTACKS[1][0]} | {ATTACKS[0][0]} |" in text
+    # attacks: short names with n, next to their subset's clean accuracy when there is one
+    assert "| corrector | seeds | PGD-10 L2 0.5 (n=32) | PGD-10 L∞ 8/255 (n=32) |" in text
     # diagnostics: rows per condition, columns per metric
     assert "| condition | corrector | seeds | accuracy | auroc | routing_accuracy |" in text
-    assert "| routing=per-sample/clean | deeppatch (routing=per-sample) | 2 | – | – | 95.50 ± 0.71 |" in text
-    assert "| switch | deeppatch (routing=batch-majority) | 2 | – | **0.905 ± 0.007** | – |" in text
+    assert "| routing=per-sample/clean | deeppatch (routing=per-sample) | 2 | – | – | 95.50 [89.1, 100.0] |" in text
+    assert "| switch | deeppatch (routing=batch-majority) | 2 | – | 0.905 [0.84, 0.97] | – |" in text
+
+
+# ---------------------------------------------------------------------------------------------------------
+# per-sample data: intervals, paired tests, Holm, best marks, takeaways, leaderboard, switches
+
+
+def _concat(arrays: dict[str, np.ndarray], conditions: list[str]) -> np.ndarray:
+    return np.concatenate([arrays[c] for c in conditions])
+
+
+SW_CHANGES = (("delta clean", ["clean"]), ("delta blur mean", [f"sigma={s:g}" for s in SW_SIGMAS]),
+              ("delta corruptions mean", [f"generated/{k}/{v}" for k in SW_CORRUPTIONS for v in (1, 3)]))
+
+
+def test_one_seed_wilson_intervals_and_mcnemar_changes_holm_corrected(switched_built):
+    out, text = switched_built[1], switched_built[2]["markdown"].read_text(encoding="utf-8")
+    rows = _headline_rows(out)
+    dp = rows[("resnet20", "deeppatch+switch[learned auto]")]["clean"]
+    k = int(_arrays("deeppatch+switch[learned auto]")["clean"].sum())
+    assert dp["ci_method"] == "wilson" and dp["n"] == SW_N and dp["seeds"] == 1
+    assert (dp["ci_low"], dp["ci_high"]) == pytest.approx(_pct(stats.wilson_interval(k, SW_N)))
+
+    ref = _arrays("none")
+    family = {(label, metric): stats.mcnemar_test(_concat(ref, conds), _concat(_arrays(label), conds))
+              for label in SW_MODELS if label != "none" for metric, conds in SW_CHANGES}
+    adjusted = stats.holm([t.p_value for t in family.values()])
+    assert len(family) == 12 and "p is Holm-adjusted over this table's 12 changes" in text
+    for ((label, metric), test), p in zip(family.items(), adjusted, strict=True):
+        record = rows[("resnet20", label)][metric]
+        assert record["mean"] == pytest.approx(100 * test.diff)
+        assert (record["ci_low"], record["ci_high"]) == pytest.approx((100 * test.ci_low, 100 * test.ci_high))
+        assert record["ci_method"] == test.method and record["p"] == pytest.approx(p)
+        assert bool(record["significant"]) == (p <= 0.05)
+    # in the table: the change, its interval and the adjusted test
+    line = next(x for x in _table(text, "## Headline") if x.startswith("| finetune |"))
+    dc = rows[("resnet20", "finetune")]["delta clean"]
+    assert f"| -3.00 [{dc['ci_low']:.1f}, {dc['ci_high']:.1f}] n.s. |" in line
+    assert "| +30.00 [" in line and "] p < 0.001 |" in line
+
+
+def test_bold_is_a_significant_lead_and_a_lead_inside_the_noise_is_not_bold(switched_built):
+    out, text = switched_built[1], switched_built[2]["markdown"].read_text(encoding="utf-8")
+    rows = _headline_rows(out)
+    best = {(label, metric) for (_, label), metrics in rows.items() for metric, r in metrics.items() if r["best"]}
+    candidates = [label for label in SW_MODELS if label != "none"]
+    # inside the noise: clean 90.00 vs 89.50, blur mean 80.00 vs 79.00: the paired test cannot separate them
+    for conds in (["clean"], [f"sigma={s:g}" for s in SW_SIGMAS]):
+        _, _, test = stats.compare_best([_concat(_arrays(c), conds) for c in candidates])
+        assert test.p_value > 0.05
+    assert not {m for _, m in best} & {"clean", "blur mean"}
+    # clear: adversarial under every attack, finetune on the corruptions mean
+    assert {("adversarial", a[0]) for a in SW_ATTACKS} | {("finetune", "corruptions mean")} == best
+    head = _table(text, "## Headline")
+    assert "| **45.00** [" in next(x for x in head if x.startswith("| adversarial |"))
+    assert "| 90.00 [86.7, 92.6] |" in next(x for x in head if x.startswith("| deeppatch+switch"))
+    assert "A lead inside the noise, a tie, or a column without per-sample data is not bold" in text
+
+
+@pytest.mark.parametrize(("condition", "short"), [
+    ("pgd-linf/eps=0.0314/steps=10", "PGD-10 L∞ 8/255"), ("pgd-l2/eps=0.5/steps=20/restarts=2", "PGD-20 L2 0.5"),
+    ("autoattack-standard-linf/eps=0.0314", "AutoAttack L∞ 8/255"),
+    ("autoattack-plus-l2/eps=0.5", "AutoAttack+ L2 0.5"),
+    ("autoattack-custom[apgd-ce+square]-linf/eps=0.1", "APGD-CE+Square L∞ 0.1"), ("my-attack/x", "my-attack/x")])
+def test_attack_short_names(condition, short):
+    assert attack_label(condition) == short
+
+
+def test_headers_carry_n_one_clean_per_model_and_an_attack_legend(switched_built):
+    text = switched_built[2]["markdown"].read_text(encoding="utf-8")
+    head = _table(text, "## Headline")
+    assert head[0] == ("| corrector | seeds | clean (n=400) | Δ clean | blur mean (n=400) | Δ blur mean | "
+                       "corruptions mean (n=400) | Δ corruptions mean | APGD-CE L∞ 0.1 (n=100) | PGD-10 L2 0.5 (n=200) "
+                       "| PGD-10 L∞ 0.1 (n=200) | repair time (s) | added params |")
+    assert "switch:" not in "\n".join(head)  # strategies are not headline columns
+    assert ("- **PGD-10 L∞ 0.1**: pgd-linf/eps=0.1/steps=10; 10 steps of 0.025, 1 restart, random start; 200 test "
+            "images") in text
+    attacks = _table(text, "### cifar10 / resnet20", after="## Adversarial attacks")
+    assert attacks[0] == ("| corrector | seeds | subset clean (n=100) | APGD-CE L∞ 0.1 (n=100) | "
+                          "subset clean (n=200) | PGD-10 L2 0.5 (n=200) | PGD-10 L∞ 0.1 (n=200) |")
+
+
+def test_switched_models_report_the_worst_case_over_attack_strategies(switched_built):
+    out, text = switched_built[1], switched_built[2]["markdown"].read_text(encoding="utf-8")
+    cond = SW_ATTACKS[0][0]
+    arrays = _arrays("finetune+switch[auto]")
+    per = [arrays[f"{cond}/switch:{s}"] for s in SW_STRATEGIES]
+    worst = np.logical_and.reduce(per)
+    assert (arrays[cond] == worst).all() and worst.mean() < min(p.mean() for p in per)
+    shown = _headline_rows(out)[("resnet20", "finetune+switch[auto]")][cond]["mean"]
+    assert shown == pytest.approx(100 * worst.mean())
+    assert "an attack's number is the worst case over the attack strategies" in text
+    strategies = _table(text, "### cifar10 / resnet20: attack strategies against switched models")
+    assert strategies[0].startswith("| strategy | corrector | seeds | APGD-CE L∞ 0.1 (n=100) |")
+    square = next(x for x in strategies if x.startswith("| square | finetune+switch[auto] |"))
+    assert _cells(square)[5].startswith(f"{100 * arrays[cond + '/switch:square'].mean():.2f} [")
+    assert len(strategies) == 2 + 2 * len(SW_STRATEGIES)
+
+
+def test_takeaways_open_the_headline_and_come_from_the_numbers(switched_built, tmp_path):
+    out, text = switched_built[1], switched_built[2]["markdown"].read_text(encoding="utf-8")
+    lines = text.splitlines()
+    start = lines.index("## Headline")
+    bullets = [x[2:].replace("\\<", "<") for x in lines[start + 2:lines.index("", start + 2)]]
+    assert 2 <= len(bullets) <= 4
+    ft = _headline_rows(out)[("resnet20", "finetune")]
+    dc, db = ft["delta clean"], ft["delta blur mean"]
+    assert bullets[0] == (
+        "finetune ranks first on blur mean among the correctors whose clean drop is not significantly beyond 1 point: "
+        f"it keeps clean accuracy ({dc['mean']:.2f}, 95 % CI [{dc['ci_low']:.1f}, {dc['ci_high']:.1f}], n.s.) and "
+        f"gains {db['mean']:.2f} points of blur mean against none (95 % CI [{db['ci_low']:.1f}, {db['ci_high']:.1f}], "
+        "p < 0.001).")
+    assert bullets[1] == ("The lead of finetune over finetune+switch[auto] (79.00 blur mean) is within the noise "
+                          "(n.s., paired test on the same images, Holm).")
+    assert bullets[2].startswith("4 of 4 correctors improve blur mean significantly against none")
+    page = switched_built[2]["html"].read_text(encoding="utf-8")
+    assert page.index('<ul class="takeaways">') < page.index('<table id="table-headline">')
+
+    # other numbers, other sentences: rank by the corruptions mean
+    manifest = {**SW_MANIFEST, "spec_content": {"leaderboard": {"metric": "corruptions mean"}}}
+    other = build_report(switched_results(tmp_path / "r", manifest=manifest), tmp_path / "o")["markdown"].read_text()
+    assert "- finetune ranks first on corruptions mean" in other
+    assert "- The lead of finetune over finetune+switch[auto] (70.00 corruptions mean) is significant" in other
+
+
+def test_leaderboard_ranks_by_the_spec_and_lists_the_excluded_below(switched_built, tmp_path):
+    out, text = switched_built[1], switched_built[2]["markdown"].read_text(encoding="utf-8")
+    board = pd.read_csv(out / "leaderboard.csv", dtype={"rank": str})
+    assert all(c.isascii() for c in board.columns) and (out / "leaderboard.csv").read_bytes().isascii()
+    assert list(board["corrector"]) == ["finetune", "finetune+switch[auto]", "deeppatch+switch[learned auto]",
+                                        "adversarial", "none"]
+    assert list(board["rank"]) == ["1", "2", "3", "-", "ref"]
+    adv = board[board["corrector"] == "adversarial"].iloc[0]
+    assert not adv["eligible"] and adv["status"] == "excluded: clean drop significantly > 1"
+    assert adv["delta_clean_ci_high"] < -1 and adv["delta_clean_significant"]
+    assert "### cifar10 / resnet20: ranked by blur mean" in text
+    table = _table(text, "### cifar10 / resnet20: ranked by blur mean")
+    assert table[0] == ("| rank | corrector | seeds | status | blur mean (n=400) | Δ blur mean | clean (n=400) | "
+                        "Δ clean |")
+    assert table[5].startswith("| – | adversarial | 1 | excluded: clean drop significantly > 1 |")
+
+    # the spec's criterion: a metric and a tolerance that lets adversarial in
+    manifest = {**SW_MANIFEST, "spec_content": {"leaderboard": {"metric": "corruptions mean",
+                                                                "clean_drop_tolerance": 25}}}
+    build_report(switched_results(tmp_path / "r", manifest=manifest), tmp_path / "o")
+    board = pd.read_csv(tmp_path / "o" / "leaderboard.csv", dtype={"rank": str})
+    assert list(board["corrector"]) == ["finetune", "finetune+switch[auto]", "deeppatch+switch[learned auto]",
+                                        "adversarial", "none"]
+    assert list(board["rank"]) == ["1", "2", "3", "4", "ref"] and set(board["metric"]) == {"corruptions mean"}
+    # a metric the rows lack and a bad tolerance: noted, defaults used
+    manifest = {**SW_MANIFEST, "spec_content": {"leaderboard": {"metric": "fog", "clean_drop_tolerance": -1}}}
+    text = build_report(switched_results(tmp_path / "r2", manifest=manifest), tmp_path / "o2")["markdown"].read_text()
+    assert "the spec's metric 'fog' is not in the results; ranked by blur mean" in text
+    assert "leaderboard.clean_drop_tolerance must be a number >= 0; 1 used" in text
+
+
+def test_switch_tables_show_gates_and_routing_and_label_the_training_fit(switched_built):
+    text = switched_built[2]["markdown"].read_text(encoding="utf-8")
+    assert text.index("## Switches") < text.index("## Plots")
+    dp = _table(text, "### cifar10 / resnet20 / deeppatch+switch[learned auto]")
+    assert dp[0] == ("| data | gate | routing | seeds | clean (n=400) | blur mean (n=400) | AUROC | routed (clean) | "
+                     "routed (blur) |")
+    body = [_cells(x)[:3] for x in dp[2:]]
+    assert body == [["test", "learned auto", "switch"], ["test", "learned", "per-sample"],
+                    ["test", "paper indicator", "per-sample"], ["test", "learned", "batch-majority"],
+                    ["test", "off", "always repaired"], ["test", "–", "original only"],
+                    ["test", "–", "repaired only"], ["val: training fit", "learned", "per-sample"],
+                    ["val: training fit", "paper indicator", "per-sample"]]
+    val = _cells(dp[-2])
+    assert val[4:7] == ["–", "–", "0.990"] and val[7].startswith("2.00 [")  # 100 - 98 % routed to the original
+    ft = _table(text, "### cifar10 / resnet20 / finetune+switch[auto]")
+    arrays = _arrays("finetune+switch[auto]")
+    switched = _cells(ft[2])
+    assert switched[:3] == ["test", "learned auto", "switch"]
+    assert switched[4].startswith(f"{100 * arrays['test/paths/clean/switched'].mean():.2f} [")
+    assert "### cifar10 / resnet20 / finetune\n" not in text and "Rows marked \"val: training fit\"" in text
+
+
+def test_provenance_header_and_tidy_ascii_csv(switched_built):
+    out, text = switched_built[1], switched_built[2]["markdown"].read_text(encoding="utf-8")
+    assert "- **seeds**: 0 (1)" in text
+    assert "- **evaluation seed**: 7 (the same test images and perturbation draws" in text
+    assert "- **per-sample data**: 5 of 5 cells" in text
+    assert "- **code**: none code-none; adversarial code-adversarial;" in text and "harness h4rn3ss" in text
+    data = (out / "headline.csv").read_bytes()
+    assert data.isascii()
+    frame = pd.read_csv(out / "headline.csv")
+    assert list(frame.columns) == ["dataset", "model", "corrector", "metric", "mean", "ci_low", "ci_high",
+                                   "ci_method", "n", "seeds", "p", "significant", "best"]
+    assert len(frame) == len(frame.drop_duplicates(["dataset", "model", "corrector", "metric"]))
+    assert {"clean", "delta clean", "blur mean", "autoattack-custom[apgd-ce]-linf/eps=0.1"} <= set(frame["metric"])
+
+
+def test_snapshot_holds_the_samples_and_rebuilds_byte_for_byte(switched_built, tmp_path):
+    results, out, _ = switched_built
+    stored = sorted(p.name for p in (results / "samples").glob("*.json"))
+    assert stored and sorted(p.name for p in (out / "results" / "samples").glob("*.json")) == stored
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    build_report(copy / "results", copy)  # the regeneration command, from the report's own copy
+    assert _digests(copy) == _digests(out)
+
+
+def test_several_seeds_t_intervals_and_paired_bootstrap(tmp_path):
+    seeds, n = (0, 1), 100
+    out = tmp_path / "o"
+    build_report(switched_results(tmp_path / "r", seeds=seeds, n=n), out)
+    rows = _headline_rows(out)
+    clean = [100 * _arrays("finetune", s, n)["clean"].mean() for s in seeds]
+    t = stats.t_interval(clean)
+    record = rows[("resnet20", "finetune")]["clean"]
+    assert record["ci_method"] == "t" and record["seeds"] == 2
+    assert (record["ci_low"], record["ci_high"]) == pytest.approx((max(t.low, 0), min(t.high, 100)))
+    ref = {s: _arrays("none", s, n) for s in seeds}
+    family = {}
+    for label in SW_MODELS:
+        if label != "none":
+            cand = {s: _arrays(label, s, n) for s in seeds}
+            for metric, conds in SW_CHANGES:
+                family[(label, metric)] = stats.paired_bootstrap(np.stack([_concat(ref[s], conds) for s in seeds]),
+                                                                 np.stack([_concat(cand[s], conds) for s in seeds]))
+    adjusted = stats.holm([x.p_value for x in family.values()])
+    for ((label, metric), test), p in zip(family.items(), adjusted, strict=True):
+        record = rows[("resnet20", label)][metric]
+        assert record["ci_method"] == "paired-bootstrap" and record["p"] == pytest.approx(p)
+        assert (record["ci_low"], record["ci_high"]) == pytest.approx((100 * test.ci_low, 100 * test.ci_high))
+    assert "- **seeds**: 0, 1 (2)" in (out / "README.md").read_text()
+
+
+def test_results_without_or_with_broken_samples_fall_back_to_intervals(tmp_path):
+    out = tmp_path / "o"
+    text = build_report(switched_results(tmp_path / "r", samples=False), out)["markdown"].read_text()
+    head = _table(text, "## Headline")
+    assert "n/a" in next(x for x in head if x.startswith("| finetune |"))
+    assert not _headline_rows(out)[("resnet20", "adversarial")]["pgd-linf/eps=0.1/steps=10"]["best"]
+    assert "- **per-sample data**: none" in text and "untested" in text
+    # a broken samples file: the report still builds, without tests, and says why
+    results = switched_results(tmp_path / "b")
+    next((results / "samples").glob("*.json")).write_text("{not json", encoding="utf-8")
+    text = build_report(results, tmp_path / "ob")["markdown"].read_text()
+    assert "- **per-sample data**: not used: unreadable per-sample file" in text and " n/a |" in text
 
 
 def _simple_results(folder: Path, cells: dict[tuple[str, int], list[SuiteRow]]) -> Path:
@@ -221,14 +639,16 @@ def test_many_attacks_collapse_to_their_mean(tmp_path):
             cells[corrector, seed] = [SuiteRow("clean", "clean", 90.0, 10),  # the attack subset's clean accuracy:
                                       SuiteRow("attacks", "clean", 88.0, 10, group="clean")] + [  # not an attack
                 SuiteRow("attacks", f"pgd-linf/eps={e}/steps=5", 10.0 * i + seed, 10, group="pgd-linf", severity=e)
-                for i, e in enumerate((0.01, 0.02, 0.03, 0.04))]
+                for i, e in enumerate((0.01, 0.02, 0.03, 0.04, 0.05))]
     out = tmp_path / "out"
     build_report(_simple_results(tmp_path / "res", cells), out)
     head = _headline_rows(out)
-    assert head[("tinycnn", "finetune")]["attacks mean"] == pytest.approx(15.5)
+    assert head[("tinycnn", "finetune")]["attacks mean"]["mean"] == pytest.approx(20.5)
     assert "blur mean" not in head[("tinycnn", "finetune")]
     assert not (out / "plots").exists()  # no robust accuracy to plot
-    assert "attacks mean: robust accuracy averaged over the 4 attack conditions" in (out / "README.md").read_text()
+    text = (out / "README.md").read_text()
+    assert "attacks mean: robust accuracy averaged over the 5 attack conditions" in text
+    assert "subset clean (n=10)" in text and "subset clean" not in "\n".join(_table(text, "## Headline"))
 
 
 def test_values_on_fewer_seeds_say_so_and_unknown_suites_get_a_table(tmp_path):
@@ -240,10 +660,11 @@ def test_values_on_fewer_seeds_say_so_and_unknown_suites_get_a_table(tmp_path):
              ("finetune", 1): [SuiteRow("clean", "clean", 81.0, 10)]}
     out = tmp_path / "out"
     text = build_report(_simple_results(tmp_path / "res", cells), out)["markdown"].read_text()
-    line = next(x for x in text.splitlines() if x.startswith("| digits | tinycnn | finetune |"))
-    # blur mean computed from the sigma rows; finetune has it on seed 0 only
-    assert "| 80.00 ± 1.41 | -1.00 ± 0.00 | 75.00 (n=1) |" in line
-    assert "## Suite texture" in text and "| finetune | 1 | 40.00 |" in text
+    line = next(x for x in _table(text, "## Headline") if x.startswith("| finetune |"))
+    # blur mean computed from the sigma rows; finetune has it on seed 0 only: Wilson on its 10 images
+    iv = stats.summarize_seeds([75.0], n_images=10, scale=100).interval
+    assert f"| -1.00 n/a | 75.00 [{iv.low:.1f}, {iv.high:.1f}] (1 of 2 seeds) |" in line
+    assert "## Suite texture" in text and "| finetune | 1 | 40.00 [" in text
 
 
 def test_pareto_front():
@@ -280,7 +701,8 @@ def test_regeneration_is_byte_identical(built, tmp_path):
     results, first_dir, first = built
     again = build_report(Path(str(results) + "/"), tmp_path / "again")  # another folder, another spelling
     a, b = _digests(first_dir), _digests(tmp_path / "again")
-    assert a == b and {"README.md", "index.html", "rows.csv", "headline.csv", "headline.tex"} <= set(a)
+    assert a == b
+    assert {"README.md", "index.html", "rows.csv", "headline.csv", "headline.tex", "leaderboard.csv"} <= set(a)
     assert {p.relative_to(tmp_path / "again") for p in again.values()} == {p.relative_to(first_dir)
                                                                           for p in first.values()}
     build_report(results, tmp_path / "again")  # rebuilding in place changes nothing either
@@ -310,20 +732,21 @@ def test_rows_csv_holds_every_row_in_fixed_order(built):
 
 def test_latex_headline_is_booktabs(built):
     tex = built[2]["latex"].read_text(encoding="utf-8")
-    for token in (r"\toprule", r"\midrule", r"\bottomrule", r"\begin{tabular}{lllrrrrrrrrrr}", r"\textbf{",
-                  r"$\Delta$ clean", r"$\pm$", r"$-$1.00", "vgg13\\_bn", "pgd-linf/eps=0.0314/steps=10", "1{,}500"):
+    for token in (r"\toprule", r"\midrule", r"\bottomrule", r"\begin{tabular}{lrrrrrrrrrrr}",
+                  r"\multicolumn{12}{l}{\textit{cifar10 / vgg13\_bn}}", r"$\Delta$ clean", r"{\scriptsize [",
+                  r"$-$1.00", r"PGD-10 L$\infty$ 8/255 (n=32)", "1{,}500", "n/a"):
         assert token in tex, token
     body = "\n".join(x for x in tex.splitlines() if not x.startswith("%"))
     assert body.count("{") - body.count(r"\{") == body.count("}") - body.count(r"\}")
-    assert "–" not in body and "±" not in body
+    assert "–" not in body and "±" not in body and "∞" not in body and "<" not in body
 
 
-def test_html_is_self_contained(built):
-    page = built[2]["html"].read_text(encoding="utf-8")
+def test_html_is_self_contained(switched_built):
+    page = switched_built[2]["html"].read_text(encoding="utf-8")
     refs = re.findall(r"""(?:src|href)\s*=\s*["']([^"']*)""", page)
     assert refs and all(r.startswith("data:image/png;base64,") for r in refs)
     assert "<script" not in page and "url(" not in page and "@import" not in page
-    assert page.count("<img ") == 3 and '<td class="num best">' in page
+    assert page.count("<img ") == 3 and '<td class="num best">' in page and '<ul class="takeaways">' in page
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -374,9 +797,15 @@ PROBE = """<script>
 window.addEventListener("load", () => {
   const imgs = Array.from(document.images);
   imgs.forEach((img) => img.setAttribute("data-probe", img.complete + ":" + img.naturalWidth));
+  // every table fits its box: no horizontal scrolling at this window width
+  const wide = Array.from(document.querySelectorAll("div.scroll")).filter((d) => d.scrollWidth > d.clientWidth + 1)
+    .map((d) => d.firstElementChild.id);
+  document.body.setAttribute("data-overflow", wide.join(",") || "none");
+  document.body.setAttribute("data-page-wider", String(document.documentElement.scrollWidth > window.innerWidth));
   document.body.setAttribute("data-probe-done", String(imgs.length));
 });
 </script>"""
+WIDTH = 1400
 
 
 def _chromium(args: list[str], tmp: Path) -> subprocess.CompletedProcess:
@@ -386,14 +815,17 @@ def _chromium(args: list[str], tmp: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is not installed (apt-get install -y chromium)")
-def test_html_renders_in_headless_chromium_without_missing_images(built, tmp_path):
+def test_html_renders_in_headless_chromium_without_missing_images_or_scrolling(switched_built, tmp_path):
+    """The report of a benchmark with several attacks and switched correctors, at 1400 px: every image loads
+    and every table fits (no column hidden behind a horizontal scroll bar)."""
     from PIL import Image
 
-    page = built[2]["html"]
+    page = switched_built[2]["html"]
     # the probe runs in a copy of the page: the report itself has no scripts
     probe = tmp_path / "probe.html"
     probe.write_text(page.read_text(encoding="utf-8").replace("</body>", PROBE + "</body>"), encoding="utf-8")
-    done = _chromium(["--virtual-time-budget=10000", "--dump-dom", probe.as_uri()], tmp_path)
+    done = _chromium(["--virtual-time-budget=10000", f"--window-size={WIDTH},2400", "--dump-dom", probe.as_uri()],
+                     tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert 'data-probe-done="3"' in done.stdout, "the page did not finish loading:\n" + done.stdout[:500]
     states = re.findall(r'data-probe="([^"]*)"', done.stdout)
@@ -401,12 +833,14 @@ def test_html_renders_in_headless_chromium_without_missing_images(built, tmp_pat
     for state in states:
         complete, width = state.split(":")
         assert complete == "true" and int(width) > 100, f"an image did not load: {state}"
+    assert 'data-overflow="none"' in done.stdout, re.findall(r'data-overflow="([^"]*)"', done.stdout)
+    assert 'data-page-wider="false"' in done.stdout
 
     shot = tmp_path / "report-screenshot.png"
-    done = _chromium([f"--screenshot={shot}", "--window-size=1400,2400", page.as_uri()], tmp_path)
+    done = _chromium([f"--screenshot={shot}", f"--window-size={WIDTH},2400", page.as_uri()], tmp_path)
     assert done.returncode == 0 and shot.is_file(), done.stderr[-2000:]
     with Image.open(shot) as image:
-        assert image.size == (1400, 2400)
+        assert image.size == (WIDTH, 2400)
         colours = image.convert("L").getextrema()
     assert colours[0] < 100 < colours[1]  # text and plots on a light page, not a blank render
     print(f"screenshot: {shot}")

@@ -33,5 +33,5 @@ def cmd_report(args: argparse.Namespace) -> int:
             print(f"  {key}: {written[key]}")
     copied = sum(key.startswith("snapshot_") for key in written)
     if copied:
-        print(f"  the {copied} input files (manifest, rows, failures) copied to {out / 'results'}")
+        print(f"  the {copied} input files (manifest, rows, samples, failures) copied to {out / 'results'}")
     return 0

@@ -36,7 +36,8 @@ else:  # pragma: no cover
 
 TOP_KEYS = {"name", "description", "seeds", "device", "plugin_dirs", "maintenance", "datasets", "models",
             "correctors", "suites", "budget", "evaluation", "launcher", "pretrain_seed", "results_dir",
-            "report_dir"}
+            "report_dir", "leaderboard"}
+LEADERBOARD_KEYS = {"metric", "clean_drop_tolerance"}
 MAINTENANCE_KEYS = {"perturbation", "settings"}
 DATASET_KEYS = {"name", "data_dir", "val_fraction", "split_seed", "download"}
 MODEL_KEYS = {"name", "weights", "epochs", "lr", "batch_size", "train_if_missing", "train_subset", "checkpoint"}
@@ -338,6 +339,7 @@ def parse_spec(raw: dict[str, Any], file: str = "<spec>") -> Spec:
     for m in models:
         for d in datasets:
             _check_train_subset(m.train_subset, d, f"[[models]] {m.name!r}", file)
+    _check_leaderboard(raw.get("leaderboard", {}), file)
     evaluation = _check_keys(raw.get("evaluation", {}), EVALUATION_KEYS, "[evaluation]", file)
     launcher = _check_keys(raw.get("launcher", {}), LAUNCHER_KEYS, "[launcher]", file)
     return Spec(
@@ -352,6 +354,16 @@ def parse_spec(raw: dict[str, Any], file: str = "<spec>") -> Spec:
         raw=raw, harness_code=module_code_hash("deeppatch.harness.runner"),
         eval_seed=_eval_seed(evaluation.get("seed", 0), file),
     )
+
+
+def _check_leaderboard(table: Any, file: str) -> None:
+    """[leaderboard]: which headline column ranks the correctors, and the clean drop they may have."""
+    _check_keys(table, LEADERBOARD_KEYS, "[leaderboard]", file)
+    if "metric" in table and (not isinstance(table["metric"], str) or not table["metric"].strip()):
+        raise DeepPatchError(f"{file}: [leaderboard].metric must be a column name, got {table['metric']!r}")
+    tol = table.get("clean_drop_tolerance", 1.0)
+    if isinstance(tol, bool) or not isinstance(tol, int | float) or not tol >= 0:
+        raise DeepPatchError(f"{file}: [leaderboard].clean_drop_tolerance must be a number >= 0, got {tol!r}")
 
 
 def _eval_seed(value: Any, file: str) -> int:

@@ -3,10 +3,13 @@
     <out_dir>/README.md        the report in Markdown, plots linked relatively
     <out_dir>/index.html       the same report as one self-contained page (plots embedded)
     <out_dir>/rows.csv         every result row, in a fixed order
-    <out_dir>/headline.csv     the headline table's numbers (mean, std, n, best per column)
+    <out_dir>/headline.csv     the headline table's numbers, tidy: one row per entry x metric (mean, interval,
+                               n, seeds, p, significant, best)
+    <out_dir>/leaderboard.csv  the ranked leaderboard, one row per corrector and dataset/model
     <out_dir>/headline.tex     the headline table in booktabs LaTeX
     <out_dir>/plots/*.png      clean vs robust scatter, blur curves, corruption curves
-    <out_dir>/results/         a copy of the rows, manifest.json and failures the report was built from
+    <out_dir>/results/         a copy of the rows, per-sample data, manifest.json and failures the report was
+                               built from
 
 Every file is a pure function of the rows and manifest.json, so the same results regenerate the same bytes,
 and the copy under results/ lets anyone rebuild a report folder from itself:
@@ -24,17 +27,26 @@ from deeppatch.reporting import html, latex, markdown
 from deeppatch.reporting.content import PLOTS_DIR, Plot, Report
 from deeppatch.reporting.frame import entry_table, prepare, sorted_rows
 from deeppatch.reporting.header import benchmark_name, header_items
+from deeppatch.reporting.leaderboard import criterion, leaderboard_section
+from deeppatch.reporting.leaderboard import to_frame as leaderboard_frame
 from deeppatch.reporting.plots import PLOT_FILES, TITLES, plot_all
-from deeppatch.reporting.tables import headline, sections
-from deeppatch.results import load_rows, read_manifest
+from deeppatch.reporting.samples import load_samples
+from deeppatch.reporting.switches import switch_section
+from deeppatch.reporting.tables import has_switch_strategies, headline, sections
+from deeppatch.reporting.takeaways import takeaways
+from deeppatch.results import read_manifest, read_rows_by_cell, rows_to_frame
 from deeppatch.storage import atomic_write_bytes, atomic_write_text
 
 SNAPSHOT_DIR = "results"
-SNAPSHOT_PARTS = (("manifest.json", None), ("rows", "*.jsonl"), ("failures", "*.json"))
+SNAPSHOT_PARTS = (("manifest.json", None), ("rows", "*.jsonl"), ("samples", "*.json"), ("failures", "*.json"))
 DATA_FILES = (("rows.csv", "every result row (all columns), sorted by dataset, model, corrector, seed, suite, "
                            "condition"),
-              ("headline.csv", "the headline table's numbers: mean, std, number of seeds and best mark per column"),
+              ("headline.csv", "the headline's numbers, tidy: one row per entry and metric with mean, ci_low, "
+                               "ci_high, ci_method, n (test images), seeds, p (Holm-adjusted), significant, best"),
+              ("leaderboard.csv", "the leaderboard: one row per corrector and dataset/model with rank, status and "
+                                  "the ranked metric, clean accuracy and their changes (intervals, p)"),
               ("headline.tex", "the headline table in LaTeX (booktabs)"))
+HEADLINE_FILES = ("headline.csv", "headline.tex", "leaderboard.csv")
 
 
 def write_file(data: bytes | str, path: Path) -> Path:
@@ -74,7 +86,7 @@ def load_manifest(results_dir: Path) -> dict:
 
 
 def snapshot_results(results: Path, target: Path) -> dict[str, Path]:
-    """Copy the inputs of the report (manifest, rows, failures) into the report folder, exactly.
+    """Copy the inputs of the report (manifest, rows, per-sample data, failures) into the report folder, exactly.
 
     Files the source no longer has are removed, so the copy never mixes two runs. Building from the
     copy itself (the regeneration command) leaves it as it is.
@@ -109,21 +121,26 @@ def default_name(results_dir: str | Path) -> str:
 def build_report(results_dir: str | Path, out_dir: str | Path) -> dict[str, Path]:
     """Write the report of the rows under `results_dir` into `out_dir`; returns {what: path} of written files."""
     results = check_results_dir(results_dir)
-    frame = load_rows(results)
+    by_cell = read_rows_by_cell(results)
+    frame = rows_to_frame([row for rows in by_cell.values() for row in rows])
     if frame.empty:
         raise DeepPatchError(f"no result rows under {str(results)!r} (rows/ holds no rows)")
     manifest = load_manifest(results)
     df = prepare(frame)
     entries = entry_table(df)
+    samples = load_samples(results, by_cell, df)
     name = benchmark_name(manifest, frame, results)
     failures = sorted(p.stem for p in (results / "failures").glob("*.json")) if (results / "failures").is_dir() else []
-    header = header_items(df, manifest, name, failures)
+    header = header_items(df, manifest, name, failures, samples)
 
-    head = headline(df, entries)
+    head = headline(df, entries, samples)
+    board, ranked = leaderboard_section(head, criterion(manifest))
     plots = tuple(Plot(key, PLOT_FILES[key], TITLES[key], png) for key, png in plot_all(df, entries).items())
-    files = [(f, what) for f, what in DATA_FILES if head is not None or not f.startswith("headline")]
-    report = Report(f"DeepPatch Bench report: {name}", tuple(header), head, tuple(sections(df, entries)), plots,
-                    tuple(files))
+    wanted = {"headline.csv": head is not None, "headline.tex": head is not None, "leaderboard.csv": bool(ranked)}
+    files = [(f, what) for f, what in DATA_FILES if wanted.get(f, True)]
+    report = Report(f"DeepPatch Bench report: {name}", tuple(header),
+                    takeaways(head, ranked, has_switch_strategies(df)), head, board,
+                    switch_section(df, entries, samples), tuple(sections(df, entries, samples)), plots, tuple(files))
 
     out = output_dir(out_dir)
     written: dict[str, Path] = {}
@@ -131,10 +148,14 @@ def build_report(results_dir: str | Path, out_dir: str | Path) -> dict[str, Path
     written["rows_csv"] = write_file(rows_csv, out / "rows.csv")
     if head is not None:
         written["headline_csv"] = write_file(head.to_frame().to_csv(index=False, lineterminator="\n"),
-                                                    out / "headline.csv")
+                                             out / "headline.csv")
         written["latex"] = write_file(latex.render(head, name, header), out / "headline.tex")
-    for stale in ("headline.csv", "headline.tex"):
-        if head is None:
+    if ranked:
+        written["leaderboard_csv"] = write_file(leaderboard_frame(head, ranked).to_csv(index=False,
+                                                                                      lineterminator="\n"),
+                                                out / "leaderboard.csv")
+    for stale in HEADLINE_FILES:
+        if not wanted[stale]:
             (out / stale).unlink(missing_ok=True)
     for plot in plots:
         written[f"plot_{plot.name}"] = write_file(plot.png, out / plot.relpath)

@@ -28,7 +28,10 @@ class Plot:
 class Report:
     title: str
     header: tuple[tuple[str, str], ...]
+    takeaways: tuple[str, ...]  # generated from the headline's numbers
     headline: Table | None
+    leaderboard: Section | None
+    switches: Section | None
     sections: tuple[Section, ...]
     plots: tuple[Plot, ...]
     files: tuple[tuple[str, str], ...]  # (relative path, what it holds) of the data files beside the report

@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 
 from deeppatch.reporting.frame import AGGREGATE
+from deeppatch.reporting.samples import Samples
 
 CANONICAL_SOURCES = MappingProxyType({"cifar10-c": "CIFAR-10-C", "cifar100-c": "CIFAR-100-C"})
 SUITE_ORDER = ("clean", "blur", "corruptions", "attacks", "spatial", "diagnostics")
@@ -35,8 +36,8 @@ def benchmark_name(manifest: dict[str, Any], frame: pd.DataFrame | None, results
     return Path(results_dir).resolve().name
 
 
-def header_items(df: pd.DataFrame, manifest: dict[str, Any], name: str,
-                 failures: list[str]) -> list[tuple[str, str]]:
+def header_items(df: pd.DataFrame, manifest: dict[str, Any], name: str, failures: list[str],
+                 samples: Samples | None = None) -> list[tuple[str, str]]:
     """(field, text) pairs describing the run, in a fixed order."""
     versions = _versions(df, manifest)
     items = [("benchmark", name)]
@@ -48,7 +49,11 @@ def header_items(df: pd.DataFrame, manifest: dict[str, Any], name: str,
     items.append(("versions", "; ".join(f"{k} {', '.join(v)}" for k, v in sorted(versions.items())) or "unknown"))
     devices = _unique([*df["device"], manifest.get("device")])
     items.append(("device", "; ".join(devices) or "unknown"))
-    items.append(("seeds", ", ".join(str(s) for s in sorted(set(df["seed"])))))
+    seeds = sorted(set(df["seed"]))
+    items.append(("seeds", f"{', '.join(str(s) for s in seeds)} ({len(seeds)})"))
+    items.append(("evaluation seed", _eval_seed(manifest)))
+    if samples is not None:
+        items.append(("per-sample data", _samples_text(samples)))
     for key in ("dataset", "model"):
         items.append((f"{key}s", ", ".join(sorted(set(df[key])))))
     correctors = df.sort_values("entry", kind="mergesort").drop_duplicates("entry")["label"]
@@ -71,6 +76,22 @@ def header_items(df: pd.DataFrame, manifest: dict[str, Any], name: str,
     if failures:
         items.append(("failed cells", f"{len(failures)} (see failures/ in the results folder): {', '.join(failures)}"))
     return items
+
+
+def _eval_seed(manifest: dict[str, Any]) -> str:
+    seed = manifest.get("eval_seed")
+    if isinstance(seed, int) and not isinstance(seed, bool):
+        return f"{seed} (the same test images and perturbation draws for every corrector and repair seed)"
+    return "not recorded (older results)"
+
+
+def _samples_text(samples: Samples) -> str:
+    if samples.problem:
+        return f"not used: {samples.problem} (intervals only; significance n/a)"
+    if not samples.cells:
+        return "none (results written before per-sample correctness was stored: intervals only, significance n/a)"
+    return (f"{samples.cells} of {samples.total} cells (per-image correctness: paired tests on the same test "
+            "images)")
 
 
 def _code_identity(df: pd.DataFrame, manifest: dict[str, Any]) -> str:

@@ -12,12 +12,8 @@ from deeppatch.reporting.cells import NUMERIC_LABELS, Cell, Table
 SPECIAL = MappingProxyType({
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
     "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "Δ": r"$\Delta$", "±": r"$\pm$", "σ": r"$\sigma$",
-    "–": "--", "—": "---", "·": r"$\cdot$",
+    "–": "--", "—": "---", "·": r"$\cdot$", "∞": r"$\infty$", "<": r"$<$", ">": r"$>$", "≤": r"$\le$", "≥": r"$\ge$",
 })
-
-CAPTION = ("accuracy in %, mean ± std over seeds; Δ clean in percentage points from the model under maintenance "
-           "(none); best per dataset and model in bold (highest accuracy, lowest repair time and added parameters; "
-           "none excluded).")
 
 
 def escape(text: str) -> str:
@@ -30,25 +26,40 @@ def render(table: Table, benchmark: str, provenance: list[tuple[str, str]]) -> s
              "(needs \\usepackage{booktabs}).",
              *(f"% {key}: {_comment(value)}" for key, value in provenance)]
     spec = "".join("r" if n in NUMERIC_LABELS else "l" for n in table.label_names) + "r" * len(table.columns)
-    header = [escape(n) for n in table.label_names] + [escape(c.name) for c in table.columns]
+    header = [escape(n) for n in table.label_names] + [escape(table.header(c)) for c in table.columns]
+    width = len(header)
     lines += [r"\begin{table}[t]", r"\centering", r"\small",
-              f"\\caption{{Benchmark {escape(benchmark)}: {escape(CAPTION)}}}", r"\label{tab:deeppatch-headline}",
+              f"\\caption{{Benchmark {escape(benchmark)}. {escape(table.note)}}}", r"\label{tab:deeppatch-headline}",
               f"\\begin{{tabular}}{{{spec}}}", r"\toprule", " & ".join(header) + r" \\", r"\midrule"]
-    for labels, cells, new_block in table.rows():
-        if new_block:
+    for labels, cells, new_block, block in table.rows():
+        if new_block or (block and lines[-1] != r"\midrule"):
             lines.append(r"\midrule")
+        if block:
+            lines.append(f"\\multicolumn{{{width}}}{{l}}{{\\textit{{{escape(block)}}}}} \\\\")
         lines.append(" & ".join([escape(v) for v in labels] + [_cell(c) for c in cells]) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    if table.legend:
+        legend = "; ".join(f"{escape(short)}: {escape(full)}" for short, full in table.legend)
+        lines += [r"\par\smallskip", f"{{\\footnotesize {legend}\\par}}"]
+    lines += [r"\end{table}", ""]
     return "\n".join(lines)
 
 
 def _cell(cell: Cell) -> str:
     if cell.missing:
         return "--"
-    text = _number(cell.value) + (f" $\\pm$ {_number(cell.std)}" if cell.std else "")
-    if cell.best:
-        text = f"\\textbf{{{text}}}"
+    text = f"\\textbf{{{_number(cell.value)}}}" if cell.best else _number(cell.value)
+    small = " ".join(x for x in (_interval(cell.interval), escape(cell.test)) if x)
+    if small:
+        text += f" {{\\scriptsize {small}}}"
     return text + (f" ({escape(cell.note)})" if cell.note else "")
+
+
+def _interval(text: str) -> str:
+    if not text:
+        return ""
+    low, high = text.strip("[]").split(", ")
+    return f"[{_number(low)}, {_number(high)}]"
 
 
 def _number(text: str) -> str:

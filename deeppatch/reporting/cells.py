@@ -248,6 +248,10 @@ def make_table(key: str, title: str, note: str, labels: pd.DataFrame, columns: S
             lo, hi = spread.low, spread.high
             if column.kind == SHARE:  # a t interval can reach past 0 or 100 %: a share cannot
                 lo, hi = max(lo, 0.0), min(hi, inference.PERCENT)
+            elif column.kind == SCORE and all(0.0 <= v <= 1.0 for v in vals):  # AUROC: within [0, 1]
+                lo, hi = max(lo, 0.0), min(hi, 1.0)
+            elif column.kind == COST:  # times and counts are not negative
+                lo = max(lo, 0.0)
             low.loc[pos, col], high.loc[pos, col], method.loc[pos, col] = lo, hi, spread.method
     adjusted, passed = inference.holm_adjusted([p for _, _, p in changes])
     for (pos, col, _), p, ok in zip(changes, adjusted, passed, strict=True):

@@ -10,67 +10,20 @@ on the training data plus the selected tests.
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 from deeppatch import repair_tools
-from deeppatch.corrector import Budget, RepairTask, corrector_registry, get_corrector
-from deeppatch.data import Splits, load_splits, to_float
+from deeppatch.corrector import get_corrector
+from deeppatch.data import to_float
 from deeppatch.errors import DeepPatchError
-from deeppatch.models import create_model
-from deeppatch.perturbations import get_perturbation
 from deeppatch.repair_tools import append_validator, perturbed_pool
 from deeppatch.seeding import make_generator
-from deeppatch.training import OptimConfig, TrainLoop
+from tests.baseline_fixtures import plugin
 from tests.models_util import run
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and the test machines are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def digits() -> Splits:
-    return load_splits("digits", val_fraction=0.1)
-
-
-@pytest.fixture(scope="module")
-def pretrained(digits):
-    """A tinycnn trained briefly on clean digits: the model under maintenance."""
-    torch.manual_seed(0)
-    model = create_model("tinycnn", digits.info)
-    train = digits.train
-    TrainLoop(model=model, params=list(model.parameters()), num_batches=train.num_batches(32), epochs=5,
-              batches=lambda e: train.batches(32, shuffle=True, generator=make_generator(0, "pretrain", e)),
-              optim=OptimConfig(lr=0.1, schedule="constant"), select="last", show_progress=False).run()
-    return model.eval()
-
-
-@pytest.fixture(scope="module")
-def blur():
-    return get_perturbation("blur", sigmas=[0.5, 1.0])
-
-
-@pytest.fixture
-def make_task(digits, pretrained, blur):
-    def make(epochs=1, train_subset=100, seed=2021):
-        return RepairTask(model=pretrained, splits=digits, perturbation=blur, seed=seed,
-                          budget=Budget(epochs=epochs, train_subset=train_subset))
-
-    return make
-
-
-def plugin(name: str):
-    """The module of a baseline plug-in file (for its functions)."""
-    return sys.modules[corrector_registry()[name].__module__]
+pytestmark = pytest.mark.usefixtures("one_thread")  # fixtures: tests/conftest.py
 
 
 def as_rows(x: torch.Tensor) -> list[tuple[float, ...]]:

@@ -5,15 +5,13 @@
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deeppatch.corrector import Budget, RepairTask, checkpoint_restorers, corrector_registry, get_corrector
-from deeppatch.data import Splits, TensorSplit, load_splits, stratified_subset, to_float
+from deeppatch.corrector import checkpoint_restorers, get_corrector
+from deeppatch.data import TensorSplit, stratified_subset, to_float
 from deeppatch.errors import DeepPatchError
 from deeppatch.models import create_model
 from deeppatch.models.checkpoint import load_model, save_model
@@ -21,54 +19,11 @@ from deeppatch.perturbations import get_perturbation
 from deeppatch.perturbations.base import Perturbation
 from deeppatch.perturbations.spatial import GENES, apply_genes, evolve, search_space
 from deeppatch.seeding import make_generator
-from deeppatch.storage import Workspace
 from deeppatch.technique.patching import CorrectionUnit, PatchedNetwork
-from deeppatch.training import OptimConfig, TrainLoop
+from tests.baseline_fixtures import plugin
 from tests.models_util import run
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def digits() -> Splits:
-    return load_splits("digits", val_fraction=0.1)
-
-
-@pytest.fixture(scope="module")
-def pretrained(digits):
-    """A tinycnn trained on clean digits: the model under maintenance."""
-    torch.manual_seed(0)
-    model = create_model("tinycnn", digits.info)
-    train = digits.train
-    TrainLoop(model=model, params=list(model.parameters()), num_batches=train.num_batches(32), epochs=5,
-              batches=lambda e: train.batches(32, shuffle=True, generator=make_generator(0, "pretrain", e)),
-              optim=OptimConfig(lr=0.1, schedule="constant"), select="last", show_progress=False).run()
-    return model.eval()
-
-
-@pytest.fixture(scope="module")
-def blur():
-    return get_perturbation("blur", sigmas=[0.5, 1.0])
-
-
-@pytest.fixture
-def make_task(digits, pretrained, blur):
-    def make(family=None, model=None, epochs=1, train_subset=100, work_dir=None, resume=False):
-        return RepairTask(model=model or pretrained, splits=digits, perturbation=family or blur, seed=2021,
-                          budget=Budget(epochs=epochs, train_subset=train_subset),
-                          workspace=Workspace(state_dir=work_dir, resume=resume))
-
-    return make
-
-
-def plugin(name: str):
-    return sys.modules[corrector_registry()[name].__module__]
+pytestmark = pytest.mark.usefixtures("one_thread")  # fixtures: tests/conftest.py
 
 
 def state(model) -> dict[str, torch.Tensor]:

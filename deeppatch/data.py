@@ -109,6 +109,9 @@ class TensorSplit:
 
     x: torch.Tensor
     y: torch.Tensor
+    # positions in the official split this one was cut from (None: it is the official split, in order),
+    # so that data aligned with the official split (CIFAR-10-C's released arrays) can be indexed alike
+    index: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.x.ndim != 4:
@@ -121,13 +124,19 @@ class TensorSplit:
 
     def subset(self, index: torch.Tensor | Sequence[int]) -> TensorSplit:
         idx = torch.as_tensor(index, dtype=torch.long, device=self.x.device)
-        return TensorSplit(self.x[idx], self.y[idx.to(self.y.device)])
+        cpu = idx.cpu()
+        return TensorSplit(self.x[idx], self.y[idx.to(self.y.device)],
+                           self.index[cpu] if self.index is not None else cpu)
 
     def head(self, n: int | None) -> TensorSplit:
-        return self if n is None or n >= len(self) else TensorSplit(self.x[:n], self.y[:n])
+        return self if n is None or n >= len(self) else self.subset(torch.arange(n))
 
     def to(self, device: torch.device | str) -> TensorSplit:
-        return TensorSplit(self.x.to(device), self.y.to(device))
+        return TensorSplit(self.x.to(device), self.y.to(device), self.index)
+
+    def positions(self) -> torch.Tensor:
+        """Positions of these images in the official split."""
+        return self.index if self.index is not None else torch.arange(len(self))
 
     def batches(
         self,

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from deeppatch.data import DatasetInfo, TensorSplit, dataset_info
+from deeppatch.data import DatasetInfo, TensorSplit, dataset_info, stratified_subset
 from deeppatch.errors import DeepPatchError
 from deeppatch.models import create_model
 from deeppatch.perturbations import corruption_ops, get_perturbation
@@ -286,6 +286,24 @@ def test_canonical_cifar10c_arrays_are_used_through_robustbench(tmp_path):
     rows = get_suite("corruptions", corruptions=["fog"], severities=[1], source="generated").evaluate(
         PixelCode(), ctx)
     assert rows[0].source == "generated"
+
+
+def test_canonical_arrays_are_read_at_the_evaluation_subsets_positions(tmp_path):
+    """Every suite measures the same images: a stratified subset of the test split reads the released
+    arrays at its own positions in the official order, not their first n images."""
+    n = 20
+    labels = (np.arange(n) * 3) % 10
+    write_cifar10c(tmp_path / "data", ["fog"], n, labels)
+    ctx = tiny_context(tmp_path, info=dataset_info("cifar10"), n=6, data_dir=tmp_path / "data")
+    full = TensorSplit(torch.zeros(n, 3, 32, 32, dtype=torch.uint8), torch.as_tensor(labels).long())
+    ctx.test = stratified_subset(full, 10, seed=3)
+    positions = ctx.test.positions()
+    assert positions.tolist() != list(range(10))  # not simply the first ten
+    rows = get_suite("corruptions", corruptions=["fog"], severities=[2]).evaluate(PixelCode(), ctx)
+    k = 2 * 2  # in block (fog, severity 2) the first k images carry their true label
+    assert rows[0].condition == "cifar10-c/fog/2"
+    assert rows[0].value == pytest.approx(100.0 * int((positions < k).sum()) / 10)
+    assert torch.equal(rows[0].correct, positions < k)
 
 
 def test_canonical_source_needs_cifar(tmp_path):

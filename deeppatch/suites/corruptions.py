@@ -157,11 +157,14 @@ class CorruptionSuite(Suite):
         import_robustbench()
         import robustbench.data as rbdata  # lazy: robustbench loads only for the canonical CIFAR-10-C arrays
 
-        n = len(ctx.test)
+        # the released arrays follow the official test split's order: read the same images as every other
+        # suite (the evaluation subset's positions), not the first n
+        positions = ctx.test.positions()
+        n = int(positions.max()) + 1 if len(positions) else 0
         if n > CANONICAL_PER_SEVERITY:
             raise DeepPatchError(
                 f"corruptions suite: the released arrays hold {CANONICAL_PER_SEVERITY} images per severity, "
-                f"the test split has {n}"
+                f"the test split reaches position {n}"
             )
         x, y = getattr(rbdata, loader)(n, severity, str(root.parent), False, [corruption])
         if len(x) != n:
@@ -169,6 +172,10 @@ class CorruptionSuite(Suite):
                 f"corruptions suite: {root / (corruption + '.npy')} gave {len(x)} images at severity {severity}, "
                 f"expected {n}; the file looks truncated"
             )
+        x, y = x[positions], y[positions]
+        if not torch.equal(y.long().cpu(), ctx.test.y.long().cpu()):
+            raise DeepPatchError(f"corruptions suite: the labels in {root / 'labels.npy'} do not match the test "
+                                 "split's: the released arrays are not aligned with it")
         if tuple(x.shape[1:]) != tuple(ctx.info.image_shape):
             raise DeepPatchError(
                 f"corruptions suite: {root / (corruption + '.npy')} holds images {tuple(x.shape[1:])}, "

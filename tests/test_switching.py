@@ -18,11 +18,17 @@ from deeppatch.pretrain import PretrainConfig, train_from_scratch
 from deeppatch.suites import SuiteContext, get_suite
 from deeppatch.switch_interface import RelaxedSwitch, is_switched
 from deeppatch.technique.gating import (
+    AUTO_CANDIDATES,
+    AUTO_TOLERANCE,
     KIND,
+    GateFeatures,
+    GateFit,
     PathSwitch,
     SwitchedCorrector,
     accuracy_threshold,
+    condition_gain,
     early_activations,
+    fit_gate,
     gate_labels,
     gate_tap,
 )
@@ -126,8 +132,10 @@ def test_gate_labels_and_ties():
            "ok_orig": torch.tensor([True, False, True, True, False]),
            "ok_rep": torch.tensor([False, True, True, True, False]),
            "loss_orig": torch.tensor([0.1, 2.0, 0.3, 0.2, 3.0]),
-           "loss_rep": torch.tensor([0.5, 0.1, 0.2, 0.4, 1.0])}
+           "loss_rep": torch.tensor([0.5, 0.1, 0.2, 0.4, 1.0]),
+           "condition": torch.tensor([0, 1, 2, 0, 2])}
     assert gate_labels(val, "perturbed").tolist() == [0, 1, 1, 0, 1]
+    assert gate_labels(val, "condition").tolist() == [0, 1, 2, 0, 2]
     # only original right -> 0; only repaired right -> 1; ties -> the lower loss
     assert gate_labels(val, "correct").tolist() == [0, 1, 1, 0, 1]
     with pytest.raises(DeepPatchError, match="unknown gate target 'maybe'"):
@@ -156,8 +164,12 @@ def test_any_corrector_gets_a_switch_that_restores(base, digits, tmp_path):
     model = repaired.model
     assert isinstance(model, PathSwitch) and repaired.kind == KIND
     info = repaired.details["gate"]
-    assert info["target"] in ("perturbed", "correct") and set(info["candidates"]) == {"perturbed", "correct"}
-    assert info["holdout_switched_accuracy"] == max(info["candidates"].values())
+    assert set(info["candidates"]) == set(AUTO_CANDIDATES) and info["target"] in AUTO_CANDIDATES
+    least = min(c["shortfall"] for c in info["candidates"].values())
+    # the first candidate in the order of preference within the tolerance of the least shortfall
+    assert info["target"] == next(t for t in AUTO_CANDIDATES
+                                  if info["candidates"][t]["shortfall"] <= least + AUTO_TOLERANCE)
+    assert info["holdout_shortfall"] == info["candidates"][info["target"]]["shortfall"]
     assert cost.added_params > sum(p.numel() for p in base.parameters())  # a second model and the gate
     assert cost.trainable_params < cost.added_params + sum(p.numel() for p in base.parameters())
     x = to_float(digits.test.x[:50])
@@ -235,3 +247,65 @@ def test_attacks_on_a_real_switch_report_every_strategy_and_the_worst_case(base,
     assert set(strategies) == {"plain", "path-original", "path-repaired", "relaxed", "square"}
     assert worst.value <= min(strategies.values()) + 1e-9
     assert worst.correct is not None and len(worst.correct) == worst.n
+
+
+def synthetic_val(n: int = 120, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Three conditions whose images differ in brightness (easy to tell apart); the repaired path
+    is better only on condition 2, the original on 0 and 1."""
+    gen = torch.Generator().manual_seed(seed)
+    cond = torch.arange(3 * n) // n
+    x = torch.rand(3 * n, 1, 8, 8, generator=gen) * 0.2 + cond.view(-1, 1, 1, 1) * 0.4
+    u = torch.rand(3 * n, generator=gen)
+    ok_orig = torch.where(cond == 2, u < 0.3, u < 0.9)
+    ok_rep = torch.where(cond == 2, u < 0.8, u < 0.6)
+    src = torch.zeros(n, dtype=torch.bool)
+    src[: 2 * n // 5] = True
+    sel = torch.zeros(n, dtype=torch.bool)
+    sel[n // 5: 2 * n // 5] = True
+    return {"x": x, "y": torch.zeros(3 * n, dtype=torch.long), "perturbed": cond > 0, "condition": cond,
+            "holdout": src.repeat(3), "select": sel.repeat(3), "ok_orig": ok_orig, "ok_rep": ok_rep,
+            "loss_orig": (~ok_orig).float(), "loss_rep": (~ok_rep).float()}
+
+
+def test_condition_gain_is_the_per_condition_accuracy_difference():
+    val = synthetic_val()
+    where = ~val["holdout"]
+    gain = condition_gain(val, where)
+    for c in range(3):
+        sel = where & (val["condition"] == c)
+        naive = sum(int(r) - int(o) for r, o in zip(val["ok_rep"][sel], val["ok_orig"][sel])) / int(sel.sum())
+        assert float(gain[c]) == pytest.approx(naive)
+
+
+def test_condition_gate_routes_each_condition_to_its_better_path():
+    val = synthetic_val()
+    features = nn.Conv2d(1, 4, 3, padding=1).requires_grad_(False)
+    gate, info = fit_gate(features, val, "condition", CPU, GateFit(width=8, epochs=40, lr=1e-2, batch_size=32))
+    assert gate.outputs == 3 and info["threshold"] == 0.0
+    assert [g > 0 for g in info["gain"]] == [False, False, True]
+    with torch.no_grad():
+        logit = gate.logit(features(val["x"]))
+        probs = torch.softmax(gate.scores(features(val["x"])), 1)
+    assert torch.allclose(logit, probs @ gate.gain, atol=1e-6)  # the expected gain of the repair
+    routed = logit > 0
+    for c in range(3):
+        share = routed[val["condition"] == c].float().mean().item()
+        assert share == (1.0 if c == 2 else 0.0)
+    per = info["holdout_per_condition"]
+    assert info["holdout_shortfall"] == 0.0 and all(
+        r["switched"] == max(r["original"], r["repaired"]) for r in per.values())
+
+
+def test_gate_features_cached_or_recomputed_train_the_same_gate():
+    val = synthetic_val(60)
+    features = nn.Conv2d(1, 4, 3, padding=1).requires_grad_(False)
+    cfg = {"width": 4, "epochs": 3, "batch_size": 16}
+    stored = GateFeatures(features, val["x"])
+    recomputed = GateFeatures(features, val["x"], max_bytes=0)
+    assert stored.stored is not None and recomputed.stored is None
+    for target in ("perturbed", "correct", "condition"):
+        g1, i1 = fit_gate(stored, val, target, CPU, GateFit(**cfg))
+        g2, i2 = fit_gate(recomputed, val, target, CPU, GateFit(**cfg))
+        for (k, a), (_, b) in zip(g1.state_dict().items(), g2.state_dict().items()):
+            assert torch.equal(a, b), (target, k)
+        assert i1["threshold"] == i2["threshold"]

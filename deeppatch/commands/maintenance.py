@@ -287,7 +287,7 @@ def register(sub: argparse._SubParsersAction, add_common) -> None:
     p.add_argument("--gate", choices=("reference", "learned"), default="learned",
                    help="default indicator stored in the checkpoint (both are calibrated)")
     p.add_argument("--routing", choices=("per-sample", "batch-majority"), default="per-sample")
-    p.add_argument("--gate_epochs", "--gate-epochs", type=int, default=30, help="learned gate epochs")
+    p.add_argument("--gate_epochs", "--gate-epochs", type=int, default=10, help="learned gate epochs")
     p.add_argument("--grouped", choices=("skip", "depthwise"), default="skip", help="grouped convs")
     p.add_argument("--layers", default="*", help="comma-separated fnmatch patterns of conv names to patch")
     p.add_argument("--patch_init", "--patch-init", choices=("fresh", "copy"), default="fresh")

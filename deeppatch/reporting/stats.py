@@ -390,15 +390,25 @@ def _agresti_min(b: int, c: int, n: int, level: float) -> tuple[float, float]:
 
 def _hierarchical_means(d: np.ndarray, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
     """Mean of d over resampled seeds x resampled images, for each resample, via resample counts: the mean
-    over a resample is w_seeds . (d @ w_images) / (seeds * images), which avoids building the resampled arrays."""
+    over a resample is w_seeds . (d @ w_images) / (seeds * images), which avoids building the resampled arrays.
+
+    Images are resampled jointly over seeds (they are the same test images). Correctness differences take
+    few values, so the images fall into few distinct columns (at most 3^seeds patterns): drawing how often
+    each pattern is picked (a multinomial with the patterns' frequencies) has exactly the distribution of
+    drawing images and costs per pattern, not per image."""
     n_seeds, n_images = d.shape
+    patterns, freq = np.unique(d.T, axis=0, return_counts=True)  # (K, n_seeds), (K,)
     out = np.empty(n_resamples)
     chunk = max(1, _CHUNK_CELLS // n_images)
     for start in range(0, n_resamples, chunk):
         m = min(chunk, n_resamples - start)
         seed_counts = _counts(rng.integers(0, n_seeds, size=(m, n_seeds)), n_seeds)
-        image_counts = _counts(rng.integers(0, n_images, size=(m, n_images)), n_images)
-        per_seed = image_counts @ d.T  # (m, n_seeds): each seed's sum over the resampled images
+        if len(freq) * 4 <= n_images:
+            pattern_counts = rng.multinomial(n_images, freq / n_images, size=m).astype(np.float64)
+            per_seed = pattern_counts @ patterns  # (m, n_seeds): each seed's sum over the resampled images
+        else:
+            image_counts = _counts(rng.integers(0, n_images, size=(m, n_images)), n_images)
+            per_seed = image_counts @ d.T
         out[start:start + m] = np.einsum("ms,ms->m", seed_counts, per_seed) / (n_seeds * n_images)
     return out
 

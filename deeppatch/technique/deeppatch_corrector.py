@@ -24,12 +24,10 @@ from deeppatch.technique.patching import GROUPED, INITS, SIDES, UNITS, PatchedNe
 from deeppatch.technique.switch import (
     GATES,
     ROUTINGS,
-    GateTraining,
     PathView,
     ReferenceGate,
     SwitchedModel,
     calibrate_reference,
-    train_learned_gate,
 )
 from deeppatch.training import OptimConfig
 
@@ -58,12 +56,13 @@ class DeepPatchParams:
     gate: str = field(default="learned", metadata={"help": "indicator: reference disagreement score or learned gate",
                                                    "choices": GATES})
     routing: str = field(default="per-sample", metadata={"help": "routing mode", "choices": ROUTINGS})
-    gate_epochs: int = field(default=30, metadata={"help": "learned gate training epochs", "min": 0})
+    gate_epochs: int = field(default=10, metadata={"help": "learned gate training epochs", "min": 0})
     gate_width: int = field(default=16, metadata={"help": "learned gate conv width", "min": 1})
     gate_stride: int = field(default=1, metadata={"help": "learned gate conv stride", "min": 1})
     gate_target: str = field(default="auto", metadata={
         "help": "what the learned gate predicts: perturbed (is the input perturbed?), correct (which path will be "
-                "right?), auto (both fitted, the more accurate switch on held-out validation images wins)",
+                "right?), condition (which condition; routes by each condition's better path on validation), "
+                "auto (all fitted; the one closest to the better path per condition on held-out validation)",
         "choices": GATE_TARGETS})
     decision_factor: float = field(default=1.0, metadata={"help": "multiplies the reference threshold", "min": 0.0})
     blame_engine: str = field(default="auto", metadata={"help": "blame engine", "choices": ENGINES})
@@ -113,19 +112,11 @@ def patch_model(task: RepairTask, params: DeepPatchParams, ranking: dict[str, An
                                       decision_factor=params.decision_factor)
     learned, gate_info = None, None
     if params.gate_epochs > 0:
-        if params.gate_target == "perturbed":
-            learned, gate_info = train_learned_gate(
-                network, pv.clean, pv.perturbed, task.device,
-                GateTraining(width=params.gate_width, stride=params.gate_stride, epochs=params.gate_epochs,
-                             seed=task.seed))
-            gate_info["target"] = "perturbed"
-        else:
-            original, patched = PathView(network, "original"), PathView(network, "patched")
-            val = validation_paths(pv.clean, pv.perturbed, original, patched, task.device, task.seed, 0.2)
-            learned, gate_info = fit_best_gate(
-                lambda x: network.indicator_inputs(x, with_patched=False)[0], val, params.gate_target, task.device,
-                GateFit(width=params.gate_width, stride=params.gate_stride, epochs=params.gate_epochs,
-                        seed=task.seed))
+        original, patched = PathView(network, "original"), PathView(network, "patched")
+        val = validation_paths(pv.clean, pv.perturbed, original, patched, task.device, task.seed, GateFit.holdout)
+        learned, gate_info = fit_best_gate(
+            lambda x: network.indicator_inputs(x, with_patched=False)[0], val, params.gate_target, task.device,
+            GateFit(width=params.gate_width, stride=params.gate_stride, epochs=params.gate_epochs, seed=task.seed))
     elif params.gate == "learned":
         raise DeepPatchError("gate=learned needs gate_epochs > 0")
     model = SwitchedModel(network, reference, learned, gate=params.gate, routing=params.routing).eval()

@@ -47,7 +47,7 @@ from deeppatch.seeding import make_generator
 from deeppatch.technique.routing import StopForward
 from deeppatch.technique.switch import LearnedGate, auroc, best_threshold, fp32
 
-GATE_TARGETS = ("auto", "perturbed", "correct")
+GATE_TARGETS = ("auto", "perturbed", "correct", "condition")
 SWITCHES = ("none", "learned")
 KIND = "switched"
 
@@ -153,10 +153,10 @@ class GateFit:
 
     width: int = 16
     stride: int = 1
-    epochs: int = 30
+    epochs: int = 10
     lr: float = 3e-3
     batch_size: int = 256
-    holdout: float = 0.2
+    holdout: float = 0.4
     seed: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
 
@@ -176,24 +176,35 @@ def _per_image(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y
 def validation_paths(clean: TensorSplit, perturbed: TensorSplit, original: Callable[[torch.Tensor], torch.Tensor],
                      repaired: Callable[[torch.Tensor], torch.Tensor], device: torch.device, seed: int,
                      holdout: float) -> dict[str, torch.Tensor]:
-    """Clean + perturbed validation images with what the gate learns from (see `GATE_TARGETS`)."""
+    """Clean + perturbed validation images with what the gate learns from (see `GATE_TARGETS`).
+
+    `perturbed` is the family's ``expand``: every condition on every clean image, condition-major.
+    A `holdout` share of the source images (with all their perturbed copies) is kept from gate
+    training: its first half ("calibrate") sets thresholds, its second half ("select") measures
+    the switch and chooses the target, so no choice is scored on the data that made it."""
     n = len(clean)
     copies = len(perturbed) // max(n, 1)
     gen = make_generator(seed, "gate-split")
     hold_src = torch.zeros(n, dtype=torch.bool)
-    hold_src[torch.randperm(n, generator=gen)[: max(1, int(holdout * n))]] = True
+    held = torch.randperm(n, generator=gen)[: max(2, int(holdout * n))]
+    hold_src[held] = True
+    select_src = torch.zeros(n, dtype=torch.bool)
+    select_src[held[len(held) // 2:]] = True  # the second half of the held-out images
     x = torch.cat([to_float(clean.x.to(device)), to_float(perturbed.x.to(device))])
     y = torch.cat([clean.y, perturbed.y]).to(device)
     loss_o, ok_o = _per_image(original, x, y)
     loss_r, ok_r = _per_image(repaired, x, y)
     return {"x": x, "y": y, "perturbed": torch.cat([torch.zeros(n), torch.ones(len(perturbed))]).bool(),
-            "holdout": torch.cat([hold_src, hold_src.repeat(copies)]), "loss_orig": loss_o, "loss_rep": loss_r,
+            "condition": torch.arange(len(x)) // max(n, 1),
+            "holdout": torch.cat([hold_src, hold_src.repeat(copies)]),
+            "select": torch.cat([select_src, select_src.repeat(copies)]), "loss_orig": loss_o, "loss_rep": loss_r,
             "ok_orig": ok_o, "ok_rep": ok_r}
 
 
 def gate_labels(val: Mapping[str, torch.Tensor], target: str) -> torch.Tensor:
-    """1 = send to the repaired path. "perturbed": perturbed inputs; "correct": where only the repaired
-    model is right, and on ties (both right or both wrong) where its loss is lower."""
+    """What the gate is trained to output. "perturbed": 1 on perturbed inputs; "correct": 1 where only
+    the repaired model is right, and on ties (both right or both wrong) where its loss is lower;
+    "condition": the input's condition index (0 = clean, then the family's conditions)."""
     if target == "perturbed":
         return val["perturbed"].float()
     if target == "correct":
@@ -201,7 +212,20 @@ def gate_labels(val: Mapping[str, torch.Tensor], target: str) -> torch.Tensor:
         only_orig = val["ok_orig"] & ~val["ok_rep"]
         tie = ~(only_rep | only_orig)
         return (only_rep | (tie & (val["loss_rep"] < val["loss_orig"]))).float()
+    if target == "condition":
+        return val["condition"].long()
     raise unknown_choice("gate target", target, GATE_TARGETS)
+
+
+def condition_gain(val: Mapping[str, torch.Tensor], where: torch.Tensor) -> torch.Tensor:
+    """Per condition, the repaired path's accuracy minus the original's (fractions) on `where`."""
+    k = int(val["condition"].max()) + 1
+    gain = torch.zeros(k)
+    for c in range(k):
+        sel = where & (val["condition"] == c)
+        if bool(sel.any()):
+            gain[c] = val["ok_rep"][sel].float().mean() - val["ok_orig"][sel].float().mean()
+    return gain
 
 
 def accuracy_threshold(logits: torch.Tensor, ok_orig: torch.Tensor, ok_rep: torch.Tensor) -> tuple[float, float]:
@@ -223,21 +247,73 @@ def accuracy_threshold(logits: torch.Tensor, ok_orig: torch.Tensor, ok_rep: torc
     return cut, float(acc[i])
 
 
-def fit_gate(features: Callable[[torch.Tensor], torch.Tensor], val: Mapping[str, torch.Tensor], target: str,
-             device: torch.device, cfg: GateFit) -> tuple[LearnedGate, dict[str, Any]]:
+class GateFeatures:
+    """The original model's early activations of the validation images, computed once and kept in
+    memory when they fit in `max_bytes` (the gate trains on them for many epochs and several targets;
+    they do not depend on the repair), else recomputed per batch."""
+
+    def __init__(self, features: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                 max_bytes: int = 1 << 30, batch_size: int = 512) -> None:
+        self.features, self.x = features, x
+        with torch.no_grad():
+            probe = features(x[:2])
+        self.sample = probe
+        self.stored: torch.Tensor | None = None
+        if probe[0].numel() * probe.element_size() * len(x) <= max_bytes:
+            with torch.no_grad():  # not inference_mode: the gate's training saves its input for backward
+                self.stored = torch.cat([features(x[s:s + batch_size]) for s in range(0, len(x), batch_size)])
+
+    def __call__(self, idx: torch.Tensor) -> torch.Tensor:
+        if self.stored is not None:
+            return self.stored[idx.to(self.stored.device)]
+        with torch.no_grad():
+            return self.features(self.x[idx])
+
+
+def _holdout_metrics(logits: torch.Tensor, threshold: float, val: Mapping[str, torch.Tensor],
+                     hold: torch.Tensor) -> dict[str, Any]:
+    """Switched accuracy of the held-out images, overall and per condition, against each path alone."""
+    ok_o, ok_r, cond = val["ok_orig"][hold], val["ok_rep"][hold], val["condition"][hold]
+    routed = logits > threshold
+    ok_s = torch.where(routed, ok_r, ok_o).float()
+    per: dict[str, dict[str, float]] = {}
+    worst, shortfall = math.inf, 0.0
+    for c in sorted(set(cond.tolist())):
+        sel = cond == c
+        row = {"switched": ok_s[sel].mean().item() * 100, "original": ok_o[sel].float().mean().item() * 100,
+               "repaired": ok_r[sel].float().mean().item() * 100}
+        per[str(c)] = row
+        gap = row["switched"] - max(row["original"], row["repaired"])
+        worst, shortfall = min(worst, gap), shortfall - min(gap, 0.0) / len(set(cond.tolist()))
+    return {"holdout_switched_accuracy": ok_s.mean().item() * 100,
+            "holdout_original_accuracy": ok_o.float().mean().item() * 100,
+            "holdout_repaired_accuracy": ok_r.float().mean().item() * 100,
+            "holdout_share_routed": routed.float().mean().item() * 100,
+            "holdout_worst_condition_gap": worst, "holdout_shortfall": shortfall, "holdout_per_condition": per}
+
+
+def fit_gate(features: Callable[[torch.Tensor], torch.Tensor] | GateFeatures, val: Mapping[str, torch.Tensor],
+             target: str, device: torch.device, cfg: GateFit) -> tuple[LearnedGate, dict[str, Any]]:
     """Train a `LearnedGate` on the non-held-out validation images for `target`; set its threshold and
     measure it on the held-out ones."""
     t0 = time.perf_counter()
+    feats = features if isinstance(features, GateFeatures) else GateFeatures(features, val["x"])
     label = gate_labels(val, target).to(device)
     hold = val["holdout"].to(device)
-    x = val["x"]
-    a0 = features(x[:2])
     train_idx = (~hold).nonzero(as_tuple=True)[0]
-    pos = float(label[train_idx].sum())
-    neg = float(len(train_idx) - pos)
-    pos_weight = torch.tensor(neg / pos if pos > 0 and neg > 0 else 1.0, device=device)
     torch.manual_seed(cfg.seed)
-    gate = LearnedGate(a0.shape[1], cfg.width, cfg.stride).to(device)
+    outputs = int(val["condition"].max()) + 1 if target == "condition" else 1
+    gate = LearnedGate(feats.sample.shape[1], cfg.width, cfg.stride, outputs=outputs).to(device)
+    if target == "condition":
+        def loss_fn(out: torch.Tensor, lab: torch.Tensor) -> torch.Tensor:
+            return F.cross_entropy(out, lab)
+    else:
+        pos = float(label[train_idx].sum())
+        neg = float(len(train_idx) - pos)
+        pos_weight = torch.tensor(neg / pos if pos > 0 and neg > 0 else 1.0, device=device)
+
+        def loss_fn(out: torch.Tensor, lab: torch.Tensor) -> torch.Tensor:
+            return F.binary_cross_entropy_with_logits(out.squeeze(1), lab, pos_weight=pos_weight)
     opt = torch.optim.Adam(gate.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1))
     for epoch in range(cfg.epochs):
@@ -247,9 +323,7 @@ def fit_gate(features: Callable[[torch.Tensor], torch.Tensor], val: Mapping[str,
         total = 0.0
         for start in range(0, len(order), cfg.batch_size):
             idx = order[start:start + cfg.batch_size]
-            with torch.no_grad():
-                feats = features(x[idx])  # recomputed per batch: all of them would not fit in memory
-            loss = F.binary_cross_entropy_with_logits(gate.logit(feats), label[idx], pos_weight=pos_weight)
+            loss = loss_fn(gate.scores(feats(idx)), label[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -257,44 +331,62 @@ def fit_gate(features: Callable[[torch.Tensor], torch.Tensor], val: Mapping[str,
         sched.step()
         cfg.history.append({"epoch": epoch + 1, "loss": total / max(len(order), 1)})
     gate.eval()
+    hold_cpu = hold.cpu()
+    if target == "condition":
+        gain = condition_gain(val, ~hold_cpu)
+        gate.gain.copy_(gain.to(gate.gain))
     hold_idx = hold.nonzero(as_tuple=True)[0]
     with torch.inference_mode():
-        logits = torch.cat([gate.logit(features(x[hold_idx[s:s + 512]])).float().cpu()
+        logits = torch.cat([gate.logit(feats(hold_idx[s:s + 512])).float().cpu()
                             for s in range(0, len(hold_idx), 512)])
-    hold_cpu = hold.cpu()
-    y_hold = label[hold_idx].cpu().bool()
-    ok_o, ok_r = val["ok_orig"][hold_cpu], val["ok_rep"][hold_cpu]
+    select = val["select"][hold_cpu]  # positions within the held-out images
+    calib, scored = hold_cpu & ~val["select"], hold_cpu & val["select"]
+    y_cal = val["perturbed"][calib]
     if target == "perturbed":
-        threshold, _ = best_threshold(logits[~y_hold], logits[y_hold])
+        threshold, _ = best_threshold(logits[~select][~y_cal], logits[~select][y_cal])
+    elif target == "condition":
+        threshold = 0.0  # the expected gain of the repair: positive means repaired
     else:
-        threshold, _ = accuracy_threshold(logits, ok_o, ok_r)
+        threshold, _ = accuracy_threshold(logits[~select], val["ok_orig"][calib], val["ok_rep"][calib])
     gate.threshold.fill_(threshold)
-    routed = logits > threshold
-    switched = torch.where(routed, ok_r, ok_o).float().mean().item() * 100
-    info = {"target": target, "threshold": threshold, "holdout_switched_accuracy": switched,
-            "holdout_original_accuracy": ok_o.float().mean().item() * 100,
-            "holdout_repaired_accuracy": ok_r.float().mean().item() * 100,
-            "holdout_auroc": auroc(logits[~y_hold], logits[y_hold]) if 0 < int(y_hold.sum()) < len(y_hold) else None,
-            "holdout_share_routed": routed.float().mean().item() * 100, "n_holdout": len(hold_idx),
-            "params": sum(p.numel() for p in gate.parameters()), "macs_per_image": gate.macs_per_image(*a0.shape[2:]),
-            "epochs": cfg.epochs, "width": cfg.width, "stride": cfg.stride, "seconds": time.perf_counter() - t0}
+    y_sel = val["perturbed"][scored]
+    sel_logits = logits[select]
+    info = {"target": target, "threshold": threshold, **_holdout_metrics(sel_logits, threshold, val, scored),
+            "holdout_auroc": auroc(sel_logits[~y_sel], sel_logits[y_sel]) if 0 < int(y_sel.sum()) < len(y_sel)
+            else None, "n_holdout": int(scored.sum()), "n_calibration": int(calib.sum()),
+            "params": sum(p.numel() for p in gate.parameters()),
+            "macs_per_image": gate.macs_per_image(*feats.sample.shape[2:]), "epochs": cfg.epochs, "width": cfg.width,
+            "stride": cfg.stride, "outputs": outputs, "seconds": time.perf_counter() - t0}
+    if target == "condition":
+        info["gain"] = [round(float(g) * 100, 3) for g in gain]
     return gate, info
+
+
+AUTO_CANDIDATES = ("condition", "perturbed", "correct")  # in order of preference
+AUTO_TOLERANCE = 0.5  # points of held-out shortfall within which the earlier candidate is kept
 
 
 def fit_best_gate(features: Callable[[torch.Tensor], torch.Tensor], val: Mapping[str, torch.Tensor], target: str,
                   device: torch.device, cfg: GateFit) -> tuple[LearnedGate, dict[str, Any]]:
-    """`fit_gate` for one target, or for ``auto`` both, keeping the more accurate switch on held-out
-    validation images (ties: perturbed)."""
+    """`fit_gate` for one target, or for ``auto`` every target (`AUTO_CANDIDATES`), keeping the first
+    whose switch falls short of the better path alone by at most `AUTO_TOLERANCE` points more than
+    the best candidate's, on the held-out "select" images (shortfall: the mean over conditions of
+    max(0, better path - switched)). The select images are few (a fifth of val per condition), so
+    small differences are noise: the preferred order breaks them."""
     if target not in GATE_TARGETS:
         raise unknown_choice("gate target", target, GATE_TARGETS)
+    feats = GateFeatures(features, val["x"])
     if target != "auto":
-        return fit_gate(features, val, target, device, GateFit(**{**cfg.__dict__, "history": []}))
-    fits = {t: fit_gate(features, val, t, device, GateFit(**{**cfg.__dict__, "history": []}))
-            for t in ("perturbed", "correct")}
-    best = max(fits, key=lambda t: (fits[t][1]["holdout_switched_accuracy"], t == "perturbed"))
+        return fit_gate(feats, val, target, device, GateFit(**{**cfg.__dict__, "history": []}))
+    fits = {t: fit_gate(feats, val, t, device, GateFit(**{**cfg.__dict__, "history": []})) for t in AUTO_CANDIDATES}
+
+    least = min(info["holdout_shortfall"] for _, info in fits.values())
+    best = next(t for t in AUTO_CANDIDATES if fits[t][1]["holdout_shortfall"] <= least + AUTO_TOLERANCE)
     gate, info = fits[best]
-    info = {**info, "chosen_by": "holdout switched accuracy",
-            "candidates": {t: fits[t][1]["holdout_switched_accuracy"] for t in fits}}
+    info = {**info, "chosen_by": f"held-out shortfall from the better path per condition (first of {AUTO_CANDIDATES} "
+                               f"within {AUTO_TOLERANCE} points of the least)",
+            "candidates": {t: {"switched": fits[t][1]["holdout_switched_accuracy"],
+                               "shortfall": fits[t][1]["holdout_shortfall"]} for t in fits}}
     return gate, info
 
 
@@ -375,7 +467,8 @@ def restore_switched(record: Mapping[str, Any]) -> PathSwitch:
         repaired = restorers[inner_kind](inner_record)
     else:
         raise unknown_choice("checkpoint kind of the repaired model", inner_kind, restorers)
-    gate = LearnedGate(int(extra["gate_in_channels"]), int(extra["gate_width"]), int(extra["gate_stride"]))
+    gate = LearnedGate(int(extra["gate_in_channels"]), int(extra["gate_width"]), int(extra["gate_stride"]),
+                       outputs=int(extra["gate"].get("outputs", 1)))
     model = PathSwitch(original, copy.deepcopy(repaired), gate, str(extra["tap"]), str(extra["gate"]["target"]))
     load_state_strict(model, record["state_dict"], f"the switched {record['arch']!r}")
     return model.eval()

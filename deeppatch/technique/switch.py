@@ -16,20 +16,17 @@ Two routing modes: ``per-sample`` (each input decides for itself; the paper's cl
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deeppatch.data import TensorSplit, to_float
+from deeppatch.data import TensorSplit
 from deeppatch.errors import DeepPatchError, unknown_choice
 from deeppatch.models.registry import create_model
 from deeppatch.models.state import info_from_dict, load_state_strict
-from deeppatch.seeding import make_generator
 from deeppatch.technique.patching import PatchedNetwork, PatchSite
 
 GATES = ("reference", "learned")
@@ -84,30 +81,42 @@ class ReferenceGate(nn.Module):
 
 
 class LearnedGate(nn.Module):
-    """A small CNN on b₁'s original-path activations -> logit of "perturbed".
+    """A small CNN on b₁'s original-path activations -> a logit: > threshold routes to the repair.
 
     Early activations, not raw pixels: the same gate can be trained for any perturbation family.
-    It reads only the original path, so clean inputs never compute the patch.
+    It reads only the original path, so clean inputs never compute the patch. With `outputs` > 1
+    the head classifies the input's condition (clean or one of the family's) and the logit is the
+    expected gain of the repaired path, ``softmax(scores) @ gain`` (`gain`: per condition, the
+    repaired path's accuracy minus the original's on validation data).
     """
 
     needs_patched = False
 
-    def __init__(self, in_channels: int, width: int = 16, stride: int = 1) -> None:
+    def __init__(self, in_channels: int, width: int = 16, stride: int = 1, outputs: int = 1) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_channels, width, 3, stride=stride, padding=1, bias=False)
         self.bn = nn.BatchNorm2d(width)
-        self.head = nn.Sequential(nn.Linear(3 * width, 32), nn.ReLU(), nn.Linear(32, 1))
+        self.head = nn.Sequential(nn.Linear(3 * width, 32), nn.ReLU(), nn.Linear(32, outputs))
         self.register_buffer("threshold", torch.tensor(0.0))  # on the logit
-        self.width, self.stride, self.in_channels = width, stride, in_channels
+        if outputs > 1:
+            self.register_buffer("gain", torch.zeros(outputs))
+        self.width, self.stride, self.in_channels, self.outputs = width, stride, in_channels, outputs
 
-    def logit(self, a_orig: torch.Tensor) -> torch.Tensor:
+    def scores(self, a_orig: torch.Tensor) -> torch.Tensor:
+        """The head's raw outputs, (N, outputs)."""
         h = F.relu(self.bn(self.conv(a_orig.float())))
         flat = h.flatten(2)
         mean = flat.mean(2)
         # the unbiased std, as a norm of the deviations: ~3.5x faster than Tensor.std on the CPU
         std = torch.linalg.vector_norm(flat - mean.unsqueeze(2), dim=2) / math.sqrt(max(flat.shape[2] - 1, 1))
         feats = torch.cat([mean, std, flat.amax(2)], 1)
-        return self.head(feats).squeeze(1)
+        return self.head(feats)
+
+    def logit(self, a_orig: torch.Tensor) -> torch.Tensor:
+        out = self.scores(a_orig)
+        if self.outputs == 1:
+            return out.squeeze(1)
+        return torch.softmax(out, 1) @ self.gain
 
     def score(self, a_orig: torch.Tensor, a_patch: torch.Tensor) -> torch.Tensor:
         return self.logit(a_orig)
@@ -117,7 +126,8 @@ class LearnedGate(nn.Module):
 
     def macs_per_image(self, h: int, w: int) -> int:
         ho, wo = -(-h // self.stride), -(-w // self.stride)
-        return self.in_channels * self.width * 9 * ho * wo + 3 * self.width * 32 + 32
+        head = 3 * self.width * 32 + 32 * self.outputs + (self.outputs if self.outputs > 1 else 0)
+        return self.in_channels * self.width * 9 * ho * wo + head
 
 
 # --------------------------------------------------------------------------------------------
@@ -239,72 +249,6 @@ def auroc(neg: torch.Tensor, pos: torch.Tensor) -> float:
     return float((r_pos - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-@dataclass
-class GateTraining:
-    width: int = 16
-    stride: int = 1
-    epochs: int = 30
-    lr: float = 3e-3
-    batch_size: int = 256
-    holdout: float = 0.2
-    seed: int = 0
-    history: list[dict[str, float]] = field(default_factory=list)
-
-
-def train_learned_gate(patched: PatchedNetwork, clean: TensorSplit, perturbed: TensorSplit, device: torch.device,
-                       cfg: GateTraining) -> tuple[LearnedGate, dict[str, Any]]:
-    """Fit the learned gate on validation data: clean = 0, perturbed = 1 (classes balanced by
-    weighting), threshold at the best balanced accuracy on a held-out fifth of the images."""
-    t0 = time.perf_counter()
-    a0, _ = patched.indicator_inputs(to_float(clean.x[:2].to(device)))
-    gate = LearnedGate(a0.shape[1], cfg.width, cfg.stride).to(device)
-    gen = make_generator(cfg.seed, "gate-split")
-    # hold out whole source images: a clean image and its perturbed copies go to the same side
-    n_clean = len(clean)
-    copies = len(perturbed) // n_clean
-    holdout = torch.randperm(n_clean, generator=gen)[: max(1, int(cfg.holdout * n_clean))]
-    is_holdout = torch.zeros(n_clean, dtype=torch.bool)
-    is_holdout[holdout] = True
-    pert_holdout = is_holdout.repeat(copies)
-    x_all = torch.cat([to_float(clean.x.to(device)), to_float(perturbed.x.to(device))])
-    label = torch.cat([torch.zeros(n_clean), torch.ones(len(perturbed))]).to(device)
-    hold = torch.cat([is_holdout, pert_holdout]).to(device)
-    train_idx = (~hold).nonzero(as_tuple=True)[0]
-    pos_weight = torch.tensor(n_clean / max(len(perturbed), 1), device=device)  # balance 1 clean : k perturbed
-    opt = torch.optim.Adam(gate.parameters(), lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1))
-    for epoch in range(cfg.epochs):
-        gate.train()
-        order = train_idx[torch.randperm(len(train_idx), generator=make_generator(cfg.seed, "gate", epoch)).to(device)]
-        total = 0.0
-        for start in range(0, len(order), cfg.batch_size):
-            idx = order[start : start + cfg.batch_size]
-            with torch.no_grad():
-                a_orig, _ = patched.indicator_inputs(x_all[idx], with_patched=False)
-            logit = gate.logit(a_orig)
-            loss = F.binary_cross_entropy_with_logits(logit, label[idx], pos_weight=pos_weight)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.detach().item() * len(idx)
-        sched.step()
-        cfg.history.append({"epoch": epoch + 1, "loss": total / max(len(order), 1)})
-    gate.eval()
-    hold_idx = hold.nonzero(as_tuple=True)[0]
-    with torch.inference_mode():
-        logits = torch.cat([gate.logit(patched.indicator_inputs(x_all[hold_idx[s : s + 512]], with_patched=False)[0])
-                            for s in range(0, len(hold_idx), 512)]).cpu()
-    y_hold = label[hold_idx].cpu().bool()
-    threshold, balanced = best_threshold(logits[~y_hold], logits[y_hold])
-    gate.threshold.fill_(threshold)
-    info = {"holdout_auroc": auroc(logits[~y_hold], logits[y_hold]), "holdout_balanced_accuracy": balanced,
-            "threshold": threshold, "params": sum(p.numel() for p in gate.parameters()),
-            "macs_per_image": gate.macs_per_image(*a0.shape[2:]), "train_seconds": time.perf_counter() - t0,
-            "epochs": cfg.epochs, "width": cfg.width, "stride": cfg.stride,
-            "final_loss": cfg.history[-1]["loss"] if cfg.history else None}
-    return gate, info
-
-
 def best_threshold(neg: torch.Tensor, pos: torch.Tensor) -> tuple[float, float]:
     """The cut maximising balanced accuracy (mean of the two per-class rates); midpoint between
     neighbouring scores, so the rule is `score > threshold` means positive."""
@@ -350,7 +294,8 @@ def build_switched(base: nn.Module, specs: list[PatchSite | Mapping[str, Any]], 
     reference = ReferenceGate(conv.indices.tolist())
     learned = None
     if gate_cfg:
-        learned = LearnedGate(int(gate_cfg["in_channels"]), int(gate_cfg["width"]), int(gate_cfg["stride"]))
+        learned = LearnedGate(int(gate_cfg["in_channels"]), int(gate_cfg["width"]), int(gate_cfg["stride"]),
+                              outputs=int(gate_cfg.get("outputs", 1)))
     return SwitchedModel(patched, reference, learned, gate=gate, routing=routing)
 
 

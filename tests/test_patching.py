@@ -296,3 +296,33 @@ def test_switched_model_checkpoint_round_trip(tmp_path, info):
     with torch.inference_mode():
         for mode in ("original", "patched", "switch"):
             assert torch.equal(loaded.configure(mode=mode)(x), model.configure(mode=mode)(x)), mode
+
+
+def test_switch_rows_from_one_pass_equal_running_each_variant(info):
+    """DeepPatch's variant rows come from one pass (each path's predictions and each gate's decisions);
+    they must be what running the switched model in each configuration gives."""
+    from deeppatch.evaluation import perturbation_report
+    from deeppatch.perturbations import get_perturbation
+    from deeppatch.technique.diagnostics import gate_probe, switch_rows
+    from deeppatch.technique.gating import path_pass
+
+    splits = load_splits("digits", val_fraction=0.1)
+    _, model, _ = _switched("tinycnn", info)
+    test = splits.test.head(150)
+    family = get_perturbation("blur")
+    cpu = torch.device("cpu")
+    with torch.inference_mode():
+        x = torch.cat([family.apply(test.x.float() / 255, i) for i in range(len(family.conditions))])
+        _route_half(model, x)  # a threshold in the middle: both paths are taken, batches split
+    passes = path_pass(model, test, family, cpu, 32, probe=gate_probe(model))
+    rows = {r.condition: r.value for r in switch_rows(model, family, passes, 32)}
+    variants = [("switch=off (always patched)", {"mode": "patched"})] + [
+        (f"{routing}/{gate}", {"mode": "switch", "gate": gate, "routing": routing})
+        for gate in ("reference", "learned") for routing in ("per-sample", "batch-majority")]
+    for label, config in variants:
+        model.configure(**config)
+        expected = perturbation_report(model, test, family, batch_size=32, device=cpu)
+        for key in ("clean", "blur_mean", "union"):
+            assert rows[f"test/{label}/{key}"] == pytest.approx(expected[key], abs=1e-9), (label, key)
+    model.configure(mode="switch", gate="learned", routing="per-sample")
+    assert 0 < rows["test/learned/sigma=1.5 routed patched"] < 100

@@ -273,7 +273,8 @@ def test_condition_gain_is_the_per_condition_accuracy_difference():
     gain = condition_gain(val, where)
     for c in range(3):
         sel = where & (val["condition"] == c)
-        naive = sum(int(r) - int(o) for r, o in zip(val["ok_rep"][sel], val["ok_orig"][sel])) / int(sel.sum())
+        pairs = zip(val["ok_rep"][sel], val["ok_orig"][sel], strict=True)
+        naive = sum(int(r) - int(o) for r, o in pairs) / int(sel.sum())
         assert float(gain[c]) == pytest.approx(naive)
 
 
@@ -306,6 +307,6 @@ def test_gate_features_cached_or_recomputed_train_the_same_gate():
     for target in ("perturbed", "correct", "condition"):
         g1, i1 = fit_gate(stored, val, target, CPU, GateFit(**cfg))
         g2, i2 = fit_gate(recomputed, val, target, CPU, GateFit(**cfg))
-        for (k, a), (_, b) in zip(g1.state_dict().items(), g2.state_dict().items()):
+        for (k, a), (_, b) in zip(g1.state_dict().items(), g2.state_dict().items(), strict=True):
             assert torch.equal(a, b), (target, k)
         assert i1["threshold"] == i2["threshold"]

@@ -18,8 +18,15 @@ from deeppatch.repair_tools import append_validator, maintenance_batches, pertur
 from deeppatch.results import SuiteRow
 from deeppatch.technique import switch
 from deeppatch.technique.blame import ENGINES, METHODS, blame
-from deeppatch.technique.diagnostics import switch_rows, validation_diagnostics
-from deeppatch.technique.gating import GATE_TARGETS, GateFit, fit_best_gate, path_rows, validation_paths
+from deeppatch.technique.diagnostics import gate_probe, switch_rows, validation_diagnostics
+from deeppatch.technique.gating import (
+    GATE_TARGETS,
+    GateFit,
+    fit_best_gate,
+    path_pass,
+    path_rows,
+    validation_paths,
+)
 from deeppatch.technique.patching import GROUPED, INITS, SIDES, UNITS, PatchedNetwork, plan_patches
 from deeppatch.technique.switch import (
     GATES,
@@ -58,7 +65,7 @@ class DeepPatchParams:
     routing: str = field(default="per-sample", metadata={"help": "routing mode", "choices": ROUTINGS})
     gate_epochs: int = field(default=10, metadata={"help": "learned gate training epochs", "min": 0})
     gate_width: int = field(default=16, metadata={"help": "learned gate conv width", "min": 1})
-    gate_stride: int = field(default=1, metadata={"help": "learned gate conv stride", "min": 1})
+    gate_stride: int = field(default=2, metadata={"help": "learned gate conv stride", "min": 1})
     gate_target: str = field(default="auto", metadata={
         "help": "what the learned gate predicts: perturbed (is the input perturbed?), correct (which path will be "
                 "right?), condition (which condition; routes by each condition's better path on validation), "
@@ -188,8 +195,9 @@ class DeepPatchCorrector(Corrector):
         """The switch's routing and AUROC per gate, and each routing mode's accuracy, on test data."""
         if isinstance(model, SwitchedModel):
             # the paper's variants (routing modes, gates, the switch off), and the switch next to each path
-            return switch_rows(model, test, family, device, batch_size) + path_rows(model, test, family, device,
-                                                                                    batch_size)
+            passes = path_pass(model, test, family, device, batch_size, probe=gate_probe(model))
+            return switch_rows(model, family, passes, batch_size) + path_rows(model, test, family, device, batch_size,
+                                                                              passes=passes)
         return []
 
     @classmethod

@@ -3,10 +3,12 @@ routing mode, gate and of the always-patched model (the switch turned off)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
 from deeppatch.data import TensorSplit
-from deeppatch.evaluation import perturbation_report
 from deeppatch.perturbations.base import Perturbation
 from deeppatch.results import SuiteRow
 from deeppatch.seeding import make_generator
@@ -46,25 +48,73 @@ def validation_diagnostics(model: SwitchedModel, clean: TensorSplit, perturbed: 
     return rows
 
 
-def switch_rows(model: SwitchedModel, test: TensorSplit, family: Perturbation, device: torch.device,
+def gate_probe(model: SwitchedModel) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
+    """For `path_pass`: every gate's per-sample decision and score on a batch."""
+    gates = [g for g in GATES if g != "learned" or model.learned_gate is not None]
+
+    def probe(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        saved = (model.gate, model.routing)
+        out: dict[str, torch.Tensor] = {}
+        try:
+            for gate in gates:
+                model.configure(gate=gate, routing="per-sample")
+                routed, score = model.decisions(x)
+                out[f"{gate}/routed"], out[f"{gate}/score"] = routed, score.float()
+        finally:
+            model.configure(gate=saved[0], routing=saved[1])
+        return out
+
+    return probe
+
+
+def _routed(item: dict[str, Any], gate: str, routing: str) -> torch.Tensor:
+    """The gate's decisions under a routing mode; batch-majority votes per batch of the pass, as the
+    switched model does on homogeneous batches (more than half routed: the whole batch)."""
+    per_sample = item[f"{gate}/routed"]
+    if routing == "per-sample":
+        return per_sample
+    votes = [torch.full((len(part),), bool(part.float().mean() > 0.5))
+             for part in per_sample.split(item["batch_sizes"])]
+    return torch.cat(votes)
+
+
+def switch_rows(model: SwitchedModel, family: Perturbation, passes: list[dict[str, Any]],
                 batch_size: int) -> list[SuiteRow]:
-    """Routing and AUROC per gate, and clean / mean accuracy per variant, as "diagnostics" rows."""
-    expanded = family.expand(test, device=device)
-    rows = validation_diagnostics(model, test, expanded, list(family.conditions), device, split_name="test")
-    saved = (model.gate, model.routing, model.mode)
-    variants: list[tuple[str, dict]] = [("switch=off (always patched)", {"mode": "patched"})]
-    for gate in GATES:
-        if gate == "learned" and model.learned_gate is None:
-            continue
+    """Routing and AUROC per gate, and clean / mean / union accuracy per variant (the switch off, each
+    gate x routing mode), as "diagnostics" rows, from a `path_pass` made with `gate_probe`: each
+    variant's predictions are the path its gate picks, so no variant runs the models again."""
+    gates = [g for g in GATES if g != "learned" or model.learned_gate is not None]
+    clean, conditions = passes[0], passes[1:]
+    n = len(clean["y"])
+    rows: list[SuiteRow] = []
+    for gate in gates:
+        settings = {"gate": gate, "split": "test"}
+        rows.append(SuiteRow("diagnostics", f"test/{gate}/clean routed original",
+                             100.0 * (~clean[f"{gate}/routed"]).float().mean().item(), n, group="routing",
+                             metric="routing_accuracy", settings=settings))
+        for item in conditions:
+            cond = item["condition"]
+            rows.append(SuiteRow("diagnostics", f"test/{gate}/{cond} routed patched",
+                                 100.0 * item[f"{gate}/routed"].float().mean().item(), n, group="routing",
+                                 metric="routing_accuracy", settings=settings))
+            rows.append(SuiteRow("diagnostics", f"test/{gate}/{cond} auroc",
+                                 auroc(clean[f"{gate}/score"], item[f"{gate}/score"]), 2 * n, group="auroc",
+                                 metric="auroc", settings=settings))
+    variants: list[tuple[str, dict[str, str], Callable[[dict[str, Any]], torch.Tensor]]] = [
+        ("switch=off (always patched)", {"mode": "patched"}, lambda item: item["repaired"])]
+    for gate in gates:
         for routing in ROUTINGS:
-            variants.append((f"{routing}/{gate}", {"mode": "switch", "gate": gate, "routing": routing}))
-    for label, config in variants:
-        model.configure(**config)
-        report = perturbation_report(model, test, family, batch_size=batch_size, device=device, desc=label)
-        for key in ("clean", f"{family.name}_mean", "union"):
-            rows.append(SuiteRow("diagnostics", f"test/{label}/{key}", report[key], len(test), group="variant",
+            def predict(item: dict[str, Any], gate: str = gate, routing: str = routing) -> torch.Tensor:
+                return torch.where(_routed(item, gate, routing), item["repaired"], item["original"])
+            variants.append((f"{routing}/{gate}", {"mode": "switch", "gate": gate, "routing": routing}, predict))
+    for label, config, predict in variants:
+        correct = [predict(item).eq(item["y"]).float() for item in passes]
+        accs = [100.0 * c.mean().item() for c in correct]
+        values = {"clean": accs[0], f"{family.name}_mean": sum(accs[1:]) / max(len(accs) - 1, 1),
+                  "union": 100.0 * torch.cat(correct).mean().item()}
+        for key, value in values.items():
+            rows.append(SuiteRow("diagnostics", f"test/{label}/{key}", value, n, group="variant",
                                  settings={**config, "batch_size": batch_size, "homogeneous_batches": True}))
-    model.configure(gate=saved[0], routing=saved[1], mode=saved[2])
     return rows
 
 

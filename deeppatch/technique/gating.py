@@ -152,7 +152,7 @@ class GateFit:
     """How the gate is trained: its size, epochs, optimiser, held-out share, seed."""
 
     width: int = 16
-    stride: int = 1
+    stride: int = 2
     epochs: int = 10
     lr: float = 3e-3
     batch_size: int = 256
@@ -478,36 +478,52 @@ def restore_switched(record: Mapping[str, Any]) -> PathSwitch:
 # test-time rows: what the switch does per condition
 
 
-def path_rows(model: nn.Module, test: TensorSplit, family: Perturbation, device: torch.device,
-              batch_size: int, split: str = "test", suite: str = "diagnostics", seed: int = 0) -> list[SuiteRow]:
-    """Per condition of `family` (and clean): accuracy of the switched model and of each path alone,
-    the share of inputs routed to the repair, and the gate's AUROC clean vs condition. Works for any
-    switched model (`deeppatch.switch_interface`), DeepPatch's included."""
+Probe = Callable[[torch.Tensor], dict[str, torch.Tensor]]
+
+
+def path_pass(model: nn.Module, test: TensorSplit, family: Perturbation, device: torch.device, batch_size: int,
+              seed: int = 0, probe: Probe | None = None) -> list[dict[str, Any]]:
+    """One pass over clean and each condition of `family`: per image, the label, each path's prediction
+    and the gate's logit (plus whatever `probe(x)` returns per batch, concatenated). Everything the
+    per-condition rows need, so no variant of the switch runs the models again."""
     original, repaired = model.paths()
-    rows: list[SuiteRow] = []
-    conditions = ["clean", *family.conditions]
-    logits_clean = None
-    for i, cond in enumerate(conditions):
+    out = []
+    for i, cond in enumerate(["clean", *family.conditions]):
         gen = make_generator(seed, "path-rows", family.name, cond)
-        ok = {"switched": [], "original": [], "repaired": []}
-        gate = []
+        parts: dict[str, list[torch.Tensor]] = {"y": [], "original": [], "repaired": [], "logit": []}
         with torch.inference_mode():
             for x, y in test.batches(batch_size, device=device):
                 xp = x if cond == "clean" else family.apply(x, i - 1, gen)
-                logit = model.gate_logit(xp).float()
-                gate.append(logit.cpu())
-                out_o, out_r = original(xp).float(), repaired(xp).float()
-                routed = logit > 0
-                ok["original"].append((out_o.argmax(1) == y).cpu())
-                ok["repaired"].append((out_r.argmax(1) == y).cpu())
-                ok["switched"].append(torch.where(routed, out_r.argmax(1), out_o.argmax(1)).eq(y).cpu())
-        g = torch.cat(gate)
+                parts["logit"].append(model.gate_logit(xp).float().cpu())
+                parts["original"].append(original(xp).argmax(1).cpu())
+                parts["repaired"].append(repaired(xp).argmax(1).cpu())
+                parts["y"].append(y.cpu())
+                for key, value in (probe(xp) if probe is not None else {}).items():
+                    parts.setdefault(key, []).append(value.cpu())
+        out.append({"condition": cond, "batch_sizes": [len(t) for t in parts["y"]],
+                    **{k: torch.cat(v) for k, v in parts.items()}})
+    return out
+
+
+def path_rows(model: nn.Module, test: TensorSplit, family: Perturbation, device: torch.device,
+              batch_size: int, split: str = "test", suite: str = "diagnostics", seed: int = 0,
+              passes: list[dict[str, Any]] | None = None) -> list[SuiteRow]:
+    """Per condition of `family` (and clean): accuracy of the switched model and of each path alone,
+    the share of inputs routed to the repair, and the gate's AUROC clean vs condition. Works for any
+    switched model (`deeppatch.switch_interface`), DeepPatch's included. `passes`: a `path_pass`
+    already made."""
+    passes = passes if passes is not None else path_pass(model, test, family, device, batch_size, seed)
+    rows: list[SuiteRow] = []
+    logits_clean = None
+    for item in passes:
+        cond, g, y = item["condition"], item["logit"], item["y"]
         if cond == "clean":
             logits_clean = g
         n = len(g)
         settings = {"family": family.name, "split": split}
-        for which, values in ok.items():
-            correct = torch.cat(values)
+        ok = {"switched": torch.where(g > 0, item["repaired"], item["original"]).eq(y),
+              "original": item["original"].eq(y), "repaired": item["repaired"].eq(y)}
+        for which, correct in ok.items():
             rows.append(SuiteRow(suite, f"{split}/paths/{cond}/{which}", 100.0 * correct.float().mean().item(), n,
                                  group="paths", settings={**settings, "path": which}, correct=correct))
         rows.append(SuiteRow(suite, f"{split}/paths/{cond}/routed to the repair",

@@ -97,7 +97,8 @@ def load_model(source: str | os.PathLike | nn.Module, data: Splits, *, device: s
         return _check_model(source, data, dev).eval()
     text = str(source)
     if Path(text).suffix == ".pt" or Path(text).is_file():
-        loaded = load_checkpoint(text, expect_dataset=data.info.name, device=dev, restorers=checkpoint_restorers())
+        loaded = load_checkpoint(text, expect_dataset=data.info.name, device=dev,
+                                 restorers={**checkpoint_restorers(), **SwitchedCorrector.restorers()})
         return loaded.model
     check_model_name(text)
     cfg = PretrainConfig(model=text, dataset=data.info.name, weights="pretrained", download=download)

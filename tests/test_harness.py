@@ -118,6 +118,33 @@ def test_rerun_is_a_no_op_and_same_seed_same_numbers(tmp_path):
     assert (tmp_path / "ra" / "README.md").is_file()
 
 
+def test_a_model_evaluated_once_serves_every_seed_that_yields_it(tmp_path):
+    """The model under maintenance is the same for every seed of "none": evaluated once; a repair that
+    differs by seed is evaluated per seed; the rows are what evaluating each cell gives."""
+    spec_path = write_spec(tmp_path, correctors='[[correctors]]\nname = "none"\n\n[[correctors]]\nname = "finetune"\n',
+                           extra_top="")
+    text = spec_path.read_text().replace("seeds = [0]", "seeds = [0, 1]")
+    spec_path.write_text(text)
+    result = run_benchmark(load_spec(spec_path), results_dir=tmp_path / "a", show_progress=False)
+    assert (result.ran, result.failed) == (4, [])
+    stored = sorted((tmp_path / "a" / "cache" / "evaluations").glob("*.json"))
+    assert len(stored) == 3  # none once, finetune per seed
+    frame = load_rows(tmp_path / "a")
+    none = frame[(frame["corrector"] == "none") & (frame["metric"] == "accuracy")]
+    by_seed = [none[none["seed"] == s].set_index(["suite", "condition"])["value"].sort_index() for s in (0, 1)]
+    assert by_seed[0].equals(by_seed[1]) and len(by_seed[0]) > 0
+    # each seed's samples file holds the same per-image results
+    samples = sorted((tmp_path / "a" / "samples").glob("*none*.json"))
+    docs = [json.loads(p.read_text())["correct"] for p in samples]
+    assert len(docs) == 2 and docs[0] == docs[1]
+    # the same grid in a fresh folder, one seed at a time, evaluates each cell on its own: same rows
+    single = run_benchmark(load_spec(spec_path), results_dir=tmp_path / "b", show_progress=False,
+                           only={"seed": {"1"}})
+    assert single.ran == 2
+    ours = [r for r in comparable(tmp_path / "a") if "1" in r]
+    assert set(comparable(tmp_path / "b")) <= set(ours)
+
+
 def test_killed_run_resumes_to_the_rows_of_an_uninterrupted_run(tmp_path):
     spec_path = write_spec(tmp_path)
     env = {**os.environ, "DEEPPATCH_PROGRESS": "0", "OMP_NUM_THREADS": "1"}

@@ -844,3 +844,34 @@ def test_html_renders_in_headless_chromium_without_missing_images_or_scrolling(s
         colours = image.convert("L").getextrema()
     assert colours[0] < 100 < colours[1]  # text and plots on a light page, not a blank render
     print(f"screenshot: {shot}")
+
+
+def test_bench_rebuilds_a_report_only_when_its_inputs_or_files_changed(tmp_path):
+    from deeppatch.reporting.build import build_report_if_changed
+
+    results = write_results(tmp_path / "results", MANIFEST)
+    out = tmp_path / "report"
+    first, rebuilt = build_report_if_changed(results, out)
+    assert rebuilt and first["markdown"].is_file()
+    again, rebuilt = build_report_if_changed(results, out)
+    assert not rebuilt and again == first
+    # a report file edited by hand: rebuilt, and the edit undone
+    before = first["markdown"].read_bytes()
+    first["markdown"].write_text("edited", encoding="utf-8")
+    _, rebuilt = build_report_if_changed(results, out)
+    assert rebuilt and first["markdown"].read_bytes() == before
+    # another report folder: built there
+    _, rebuilt = build_report_if_changed(results, tmp_path / "elsewhere")
+    assert rebuilt
+    _, rebuilt = build_report_if_changed(results, out)
+    assert rebuilt  # the stamp now names the other folder
+    # new rows: rebuilt
+    rows = sorted((results / "rows").glob("*.jsonl"))[0]
+    rows.write_text(rows.read_text(encoding="utf-8") + rows.read_text(encoding="utf-8").splitlines()[0] + "\n",
+                    encoding="utf-8")
+    _, rebuilt = build_report_if_changed(results, out)
+    assert rebuilt
+    # an unreadable stamp is not an error
+    (results / "cache" / "report.json").write_text("{", encoding="utf-8")
+    _, rebuilt = build_report_if_changed(results, out)
+    assert rebuilt

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+import deeppatch as dp
 from deeppatch.corrector import Budget, RepairTask, checkpoint_restorers, get_corrector, run_repair
 from deeppatch.data import Splits, load_splits, to_float
 from deeppatch.errors import DeepPatchError
@@ -176,8 +177,9 @@ def test_any_corrector_gets_a_switch_that_restores(base, digits, tmp_path):
     path = save_model(tmp_path / "sw.pt", model, arch="tinycnn", info=digits.info, kind=repaired.kind,
                       extra=repaired.extra)
     loaded = load_model(path, restorers={**checkpoint_restorers(), **SwitchedCorrector.restorers()}).model
+    via_api = dp.load_model(path, digits, device="cpu")  # the Python API knows the switched kind too
     with torch.no_grad():
-        assert torch.equal(loaded(x), model(x))
+        assert torch.equal(loaded(x), model(x)) and torch.equal(via_api(x), model(x))
     rows = switched.evaluation_rows(model, digits.test.head(40), task.perturbation, CPU, 64)
     conditions = {r.condition for r in rows}
     assert {"test/paths/clean/switched", "test/paths/clean/original", "test/paths/clean/repaired",
@@ -206,6 +208,17 @@ def test_spec_spelling_and_labels():
         parse_spec(spec("name=finetune;switch=always"))
     with pytest.raises(DeepPatchError, match="gate_target without switch"):
         parse_spec(spec("name=finetune;gate_target=correct"))
+    raw = spec("name=finetune;switch=learned")
+    assert "epochs" not in parse_spec(raw).cells()[0].config()["switch"]
+    raw["correctors"][0]["gate_epochs"] = 4
+    assert parse_spec(raw).cells()[0].config()["switch"] == {"gate": "learned", "target": "auto", "epochs": 4}
+    raw["correctors"][0]["gate_epochs"] = 0
+    with pytest.raises(DeepPatchError, match="gate_epochs must be a positive integer, got 0"):
+        parse_spec(raw)
+    raw = spec("name=finetune")
+    raw["correctors"][0]["gate_epochs"] = 4
+    with pytest.raises(DeepPatchError, match="gate_epochs without switch"):
+        parse_spec(raw)
 
 
 def test_routing_suite_shows_the_switch_next_to_its_paths(base, digits):

@@ -9,7 +9,7 @@ from pathlib import Path
 from deeppatch.errors import DeepPatchError
 from deeppatch.harness.bench import override_seeds, parse_only, run_benchmark
 from deeppatch.harness.spec import load_spec
-from deeppatch.reporting.build import build_report
+from deeppatch.reporting.build import build_report_if_changed
 
 
 def check_separate_roots(results: Path, report: Path) -> None:
@@ -35,10 +35,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
                            rerun=parse_only(args.rerun, "--rerun") if args.rerun else None)
     if args.dry_run:
         return 0
-    report, report_s = None, None
+    report, report_s, rebuilt = None, None, True
     if not args.no_report:
         t0 = time.perf_counter()
-        report = build_report(results, report_dir)
+        report, rebuilt = build_report_if_changed(results, report_dir)
         report_s = time.perf_counter() - t0
     print(result.summary(spec.name))
     for line in result.stage_lines(report_s):
@@ -46,7 +46,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for line in result.failed:
         print(f"  FAILED {line}")
     if report:
-        print(f"report: {report.get('markdown')} and {report.get('html')}")
+        state = "" if rebuilt else " (up to date: same rows and reporting code, not rebuilt)"
+        print(f"report: {report.get('markdown')} and {report.get('html')}{state}")
     return min(len(result.failed), 100)  # the exit code counts the failed cells
 
 

@@ -30,7 +30,7 @@ from deeppatch.suites import SUITES, SuiteContext, get_suite
 from deeppatch.switch_interface import is_switched
 from deeppatch.technique.deeppatch_corrector import DeepPatchParams
 from deeppatch.technique.diagnostics import routing_on_family, validation_diagnostics
-from deeppatch.technique.gating import path_rows
+from deeppatch.technique.gating import SwitchedCorrector, path_rows
 from deeppatch.technique.switch import SwitchedModel
 from deeppatch.versions import environment_versions
 
@@ -185,7 +185,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             model, kind, name = ctx.base.model, "model under maintenance", "maintenance"
         else:
             loaded = load_model(path, expect_arch=ctx.model_name, expect_info=ctx.splits.info, device=ctx.device,
-                                restorers=checkpoint_restorers())
+                                restorers={**checkpoint_restorers(), **SwitchedCorrector.restorers()})
             model, name = loaded.model, path.stem.removeprefix("model_")
             repaired = loaded.kind != "plain" or str(loaded.record.get("meta", {}).get("stage", "")) == "correct"
             kind = f"repaired ({loaded.kind})" if repaired else "plain model"

@@ -7,6 +7,7 @@ recorded with its error under failures/ and does not stop the others.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -30,10 +31,17 @@ from deeppatch.harness.spec import Cell, Spec
 from deeppatch.models.checkpoint import load_model, save_model
 from deeppatch.perturbations import get_perturbation
 from deeppatch.pretrain import PretrainConfig, checkpoint_extra, checkpoint_kind, default_epochs, obtain_model
-from deeppatch.results import SuiteRow, read_cell_rows, write_cell_rows, write_cell_samples
+from deeppatch.results import (
+    SuiteRow,
+    decode_correctness,
+    encode_correctness,
+    read_cell_rows,
+    write_cell_rows,
+    write_cell_samples,
+)
 from deeppatch.seeding import seed_everything
-from deeppatch.storage import Workspace, atomic_write_json, file_lock, stable_hash
-from deeppatch.technique.gating import SwitchedCorrector
+from deeppatch.storage import Workspace, atomic_write_json, cached, file_lock, stable_hash
+from deeppatch.technique.gating import GateFit, SwitchedCorrector
 from deeppatch.versions import device_name, environment_versions
 
 log = logging.getLogger(__name__)
@@ -164,7 +172,9 @@ def _run_cell(cell: Cell, results_dir: Path, *, device: torch.device | None,
     seed_everything(cell.seed)
     corrector = get_corrector(cell.corrector.name, plugin_dirs=spec.plugin_dirs, **cell.corrector.params)
     if cell.corrector.switch == "learned":
-        corrector = SwitchedCorrector(corrector, target=cell.corrector.gate_target)
+        gate_epochs = cell.corrector.gate_epochs
+        corrector = SwitchedCorrector(corrector, target=cell.corrector.gate_target,
+                                      gate=GateFit(epochs=gate_epochs) if gate_epochs is not None else None)
     work = results_dir / "work" / cell.key()
     task = RepairTask(model=base, splits=splits, perturbation=family, device=device, seed=cell.seed,
                       budget=Budget(**cell.effective_budget(), eval_batch_size=spec.eval_batch_size),
@@ -192,15 +202,26 @@ def _run_cell(cell: Cell, results_dir: Path, *, device: torch.device | None,
 
     # the same test images and perturbation draws for every corrector and repair seed (paired statistics)
     test = stratified_subset(splits.test, spec.n_eval, spec.eval_seed).to(device)
-    rows = evaluate_model(model, test, splits.info, spec.suites, device=device, seed=spec.eval_seed,
-                          batch_size=spec.eval_batch_size, suite_n_eval=spec.suite_n_eval,
-                          cache_dir=results_dir / "cache" / "suites",
-                          data_dir=Path(cell.dataset.data_dir) if cell.dataset.data_dir else None, timings=timings)
+
+    def evaluate() -> list[dict[str, Any]]:
+        found = evaluate_model(model, test, splits.info, spec.suites, device=device, seed=spec.eval_seed,
+                               batch_size=spec.eval_batch_size, suite_n_eval=spec.suite_n_eval,
+                               cache_dir=results_dir / "cache" / "suites",
+                               data_dir=Path(cell.dataset.data_dir) if cell.dataset.data_dir else None,
+                               timings=timings)
+        found.extend(corrector.evaluation_rows(model, test, family, device, spec.eval_batch_size))
+        return [row_to_json(r) for r in found]
+
+    # a model evaluated before with the same settings (the model under maintenance of every seed of
+    # "none") is not evaluated again: the test rows depend on the model's weights, not the repair seed
+    evaluation = cached(results_dir / "cache" / "evaluations", evaluation_key(cell, model), evaluate)
+    if not evaluation.computed_here:
+        log.info("cell %s: the same model was evaluated before (cache %s)", cell.describe(), evaluation.digest)
+    rows = [row_from_json(r) for r in evaluation.value]
     rows.extend(diagnostics)
     rows.extend(SuiteRow("diagnostics", f"shared work/{kind}", float(info["seconds"]), 1, group="shared work",
                          metric="seconds", source="cache", settings={"key": info["key"]})
                 for kind, info in sorted(cost.details.get("shared_work", {}).items()))
-    rows.extend(corrector.evaluation_rows(model, test, family, device, spec.eval_batch_size))
     full = full_rows(rows, benchmark=spec.name, dataset=cell.dataset.name, model=cell.model.name,
                      label=cell.corrector.label, corrector=cell.corrector.name, params=cell.corrector.params,
                      budget=cell.effective_budget(), seed=cell.seed, cost=cost, device=device,
@@ -211,6 +232,33 @@ def _run_cell(cell: Cell, results_dir: Path, *, device: torch.device | None,
     shutil.rmtree(work, ignore_errors=True)
     log.info("cell %s done in %.1f s", cell.describe(), time.perf_counter() - t_cell)
     return full
+
+
+def model_digest(model: nn.Module) -> str:
+    """A digest of a model's class and every tensor of its state (names, dtypes, shapes, bytes)."""
+    h = hashlib.sha256(type(model).__qualname__.encode())
+    for name, tensor in model.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def evaluation_key(cell: Cell, model: nn.Module) -> dict[str, Any]:
+    """What a cell's test rows depend on: everything in its key except the repair seed, plus the
+    repaired model's weights (so two seeds that give the same model share one evaluation)."""
+    config = cell.config()
+    config.pop("seed")
+    return {"cell": config, "model": model_digest(model)}
+
+
+def row_to_json(row: SuiteRow) -> dict[str, Any]:
+    return {**row.to_dict(), "correct": None if row.correct is None else encode_correctness(row.correct)}
+
+
+def row_from_json(data: dict[str, Any]) -> SuiteRow:
+    correct = data.get("correct")
+    return SuiteRow(**{**data, "correct": None if correct is None else decode_correctness(correct)})
 
 
 def add_time(timings: dict[str, float], stage: str, seconds: float) -> None:

@@ -41,7 +41,7 @@ LEADERBOARD_KEYS = {"metric", "clean_drop_tolerance"}
 MAINTENANCE_KEYS = {"perturbation", "settings"}
 DATASET_KEYS = {"name", "data_dir", "val_fraction", "split_seed", "download"}
 MODEL_KEYS = {"name", "weights", "epochs", "lr", "batch_size", "train_if_missing", "train_subset", "checkpoint"}
-CORRECTOR_KEYS = {"name", "params", "grid", "label", "budget", "switch", "gate_target"}
+CORRECTOR_KEYS = {"name", "params", "grid", "label", "budget", "switch", "gate_target", "gate_epochs"}
 BUDGET_KEYS = {"epochs", "train_subset", "batch_size"}
 EVALUATION_KEYS = {"n_eval", "batch_size", "seed"}
 LAUNCHER_KEYS = {"name", "cluster", "partition", "gpus_per_task", "cpus_per_task", "time_limit_min",
@@ -106,6 +106,7 @@ class CorrectorConfig:
     code: str = ""  # hash of the corrector's source and the package modules it imports
     switch: str = "none"  # "learned": a learned gate routes each input to the original or the repaired model
     gate_target: str = "auto"
+    gate_epochs: int | None = None  # the learned switch's gate training epochs (None: GateFit's default)
 
     def params_hash(self) -> str:
         return stable_hash({"name": self.name, "params": self.params, "budget": self.budget})
@@ -162,7 +163,9 @@ class Cell:
                 "suites": s.suites, "suite_n_eval": s.suite_n_eval, "n_eval": s.n_eval, "seed": self.seed,
                 "eval_seed": s.eval_seed,
                 "code": {"corrector": self.corrector.code, "harness": s.harness_code},
-                **({"switch": {"gate": self.corrector.switch, "target": self.corrector.gate_target}}
+                **({"switch": {"gate": self.corrector.switch, "target": self.corrector.gate_target,
+                               **({"epochs": self.corrector.gate_epochs}
+                                  if self.corrector.gate_epochs is not None else {})}}
                    if self.corrector.switch != "none" else {})}
 
     def effective_budget(self) -> dict[str, Any]:
@@ -205,8 +208,11 @@ def _expand_corrector(entry: dict[str, Any], file: str, index: int, plugin_dirs:
     gate_target = str(entry.get("gate_target", "auto"))
     if gate_target not in GATE_TARGETS:
         raise unknown_choice("gate target", gate_target, GATE_TARGETS, where=f"{file}: {where}")
-    if "gate_target" in entry and switch == "none":
-        raise DeepPatchError(f"{file}: {where} sets gate_target without switch = \"learned\"")
+    for key in ("gate_target", "gate_epochs"):
+        if key in entry and switch == "none":
+            raise DeepPatchError(f"{file}: {where} sets {key} without switch = \"learned\"")
+    gate_epochs = entry.get("gate_epochs")
+    _positive_int(gate_epochs, "gate_epochs", where, file)
     overlap = set(params) & set(grid)
     if overlap:
         raise DeepPatchError(f"{file}: {where} sets {sorted(overlap)[0]!r} in both params and grid")
@@ -229,7 +235,8 @@ def _expand_corrector(entry: dict[str, Any], file: str, index: int, plugin_dirs:
         suffix = cls.label_suffix(corrector.params_dict()) + ("" if switch == "none" else f"+switch[{gate_target}]")
         label = _label(cls.display_name() + suffix if not entry.get("label") else str(entry["label"]), combo, None)
         out.append(CorrectorConfig(name, corrector.params_dict(), label, budget, cls.code_hash(), switch,
-                                   gate_target if switch != "none" else ""))
+                                   gate_target if switch != "none" else "",
+                                   int(gate_epochs) if gate_epochs is not None else None))
     return out
 
 

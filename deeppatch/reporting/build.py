@@ -18,10 +18,12 @@ and the copy under results/ lets anyone rebuild a report folder from itself:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
 
+from deeppatch.code_identity import module_code_hash
 from deeppatch.errors import DeepPatchError
 from deeppatch.reporting import html, latex, markdown
 from deeppatch.reporting.content import PLOTS_DIR, Plot, Report
@@ -35,7 +37,7 @@ from deeppatch.reporting.switches import switch_section
 from deeppatch.reporting.tables import has_switch_strategies, headline, sections
 from deeppatch.reporting.takeaways import takeaways
 from deeppatch.results import read_manifest, read_rows_by_cell, rows_to_frame
-from deeppatch.storage import atomic_write_bytes, atomic_write_text
+from deeppatch.storage import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 SNAPSHOT_DIR = "results"
 SNAPSHOT_PARTS = (("manifest.json", None), ("rows", "*.jsonl"), ("samples", "*.json"), ("failures", "*.json"))
@@ -166,3 +168,47 @@ def build_report(results_dir: str | Path, out_dir: str | Path) -> dict[str, Path
     written["markdown"] = write_file(markdown.render(report), out / "README.md")
     written["html"] = write_file(html.render(report), out / "index.html")
     return written
+
+
+# --------------------------------------------------------------------------------------------
+# a report keyed by what produced it: `deeppatch bench` rebuilds it only when that changed
+
+REPORT_STAMP = Path("cache") / "report.json"  # under the results folder
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def report_key(results: Path) -> str:
+    """What a report is a function of: the bytes of its input files and the reporting code."""
+    h = hashlib.sha256()
+    for name, pattern in SNAPSHOT_PARTS:
+        source = results / name
+        files = [source] if pattern is None else (sorted(source.glob(pattern)) if source.is_dir() else [])
+        for file in files:
+            if file.is_file():
+                h.update(f"{name}/{file.name}\0{_digest(file)}\0".encode())
+    h.update(module_code_hash("deeppatch.reporting.build").encode())
+    return h.hexdigest()[:16]
+
+
+def build_report_if_changed(results_dir: str | Path, out_dir: str | Path) -> tuple[dict[str, Path], bool]:
+    """`build_report`, unless the report in `out_dir` was built from the same inputs by the same code and
+    its files are unchanged on disk (their digests are recorded). Returns (files, rebuilt?)."""
+    results = check_results_dir(results_dir)
+    out = Path(out_dir)
+    key = report_key(results)
+    stamp = results / REPORT_STAMP
+    try:
+        recorded = json.loads(stamp.read_text(encoding="utf-8"))
+        files = {what: out / rel for what, (rel, _) in recorded["files"].items()}
+        if (recorded["key"] == key and recorded["out"] == str(out.resolve())
+                and all(files[w].is_file() and _digest(files[w]) == d for w, (_, d) in recorded["files"].items())):
+            return files, False
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # no stamp, or an unreadable one: build
+    written = build_report(results, out)
+    atomic_write_json({"key": key, "out": str(out.resolve()),
+                       "files": {w: [str(p.relative_to(out)), _digest(p)] for w, p in written.items()}}, stamp)
+    return written, True

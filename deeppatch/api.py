@@ -139,7 +139,7 @@ def repair(model: nn.Module, data: Splits, corrector: str | Corrector = "deeppat
 
     `epochs`, `train_subset` and `batch_size` are the budget (None: the corrector's defaults).
     ``switch="learned"`` puts a learned gate in front (see technique/gating.py): per input, the model
-    under maintenance or the repaired one; `gate_target` is "perturbed", "correct" or "auto".
+    under maintenance or the repaired one; `gate_target` is "perturbed", "correct", "condition" or "auto".
     Returns the repaired model; `model` itself is not modified. What the repair cost is in the
     returned model's `repair_info` attribute (read by `evaluate`).
     """

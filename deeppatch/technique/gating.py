@@ -8,18 +8,22 @@ BatchNorm after the first conv) and routes each input to one full forward of the
 the repaired model (`PathSwitch`).
 
 The gate is trained and thresholded on the validation split only (clean val and every condition of
-the maintenance family), never on test data, with one of two targets:
+the maintenance family), never on test data, with one of these targets:
 
 * ``perturbed``: "is this input perturbed?" (clean = 0, perturbed = 1), threshold at the best
   balanced accuracy: the detector DeepPatch's learned gate is;
 * ``correct``: "which path will be right?": 1 where the repaired model is right and the original
   wrong, 0 where the original is right and the repaired wrong; where both are right or both wrong
   (a tie), 1 if the repaired model's loss is lower; threshold at the best switched accuracy;
-* ``auto`` (default): both are fitted, and the one whose switched model is more accurate on held-out
-  validation images wins (ties: ``perturbed``).
+* ``condition``: "which condition is this?" (clean or one of the family's); the logit is the
+  expected gain of the repair, the predicted condition probabilities times each condition's
+  validation accuracy difference (repaired - original); threshold 0;
+* ``auto`` (default): all three are fitted; the first of condition, perturbed, correct whose
+  held-out shortfall from the better path per condition is within `AUTO_TOLERANCE` of the least.
 
-A fifth of the validation source images (with all their perturbed copies) is held out from gate
-training for the threshold and the choice. Gates decide in fp32 whatever the surrounding autocast.
+40 % of the validation source images (with all their perturbed copies) are held out from gate
+training: half of them set thresholds, the other half measure the gates and choose the target.
+Gates decide in fp32 whatever the surrounding autocast.
 """
 
 from __future__ import annotations

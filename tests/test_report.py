@@ -875,3 +875,29 @@ def test_bench_rebuilds_a_report_only_when_its_inputs_or_files_changed(tmp_path)
     (results / "cache" / "report.json").write_text("{", encoding="utf-8")
     _, rebuilt = build_report_if_changed(results, out)
     assert rebuilt
+
+
+def test_held_out_corruptions_are_reported_apart(tmp_path):
+    """reports/heldout-corruptions: the headline's held-out and seen columns are the means of the
+    per-corruption rows of those types (computed here from the stored rows), per seed then over seeds."""
+    import pandas as pd
+
+    committed = Path(__file__).resolve().parents[1] / "reports" / "heldout-corruptions" / "results"
+    assert main(["report", str(committed), "-o", str(tmp_path / "r")]) == 0
+    head = pd.read_csv(tmp_path / "r" / "headline.csv")
+    manifest = json.loads((committed / "manifest.json").read_text(encoding="utf-8"))
+    held = set(manifest["spec_content"]["suites"]["corruptions"]["heldout"])
+    assert len(held) == 5
+    per_seed: dict[tuple[str, bool], list[float]] = {}
+    for path in sorted((committed / "rows").glob("*none__*.jsonl")):
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+        plain = [r for r in rows if r["suite"] == "corruptions" and r["group"] != "aggregate"
+                 and r["metric"] == "accuracy"]
+        for is_held in (True, False):
+            values = [r["value"] for r in plain if (r["group"] in held) == is_held]
+            per_seed.setdefault(("held-out" if is_held else "seen", is_held), []).append(sum(values) / len(values))
+    none = head[head["corrector"] == "none"].set_index("metric")["mean"]
+    for (name, _), values in per_seed.items():
+        assert none[f"{name} corruptions mean"] == pytest.approx(sum(values) / len(values), abs=1e-6)
+    assert "held-out corruptions mean: over the corruption types the maintenance never saw" in \
+        (tmp_path / "r" / "README.md").read_text(encoding="utf-8")

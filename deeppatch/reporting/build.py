@@ -113,6 +113,15 @@ def snapshot_results(results: Path, target: Path) -> dict[str, Path]:
     return written
 
 
+def heldout_setting(manifest: dict) -> list[str]:
+    """The corruptions suite's `heldout` types, from the spec recorded in the manifest (empty if none)."""
+    spec = manifest.get("spec_content") if isinstance(manifest, dict) else None
+    suites = spec.get("suites") if isinstance(spec, dict) else None
+    corruptions = suites.get("corruptions") if isinstance(suites, dict) else None
+    value = corruptions.get("heldout") if isinstance(corruptions, dict) else None
+    return [str(v) for v in value] if isinstance(value, list) else []
+
+
 def default_name(results_dir: str | Path) -> str:
     """The benchmark name a report folder is named after: the manifest's, else the results folder's."""
     path = check_results_dir(results_dir)
@@ -135,7 +144,7 @@ def build_report(results_dir: str | Path, out_dir: str | Path) -> dict[str, Path
     failures = sorted(p.stem for p in (results / "failures").glob("*.json")) if (results / "failures").is_dir() else []
     header = header_items(df, manifest, name, failures, samples)
 
-    head = headline(df, entries, samples)
+    head = headline(df, entries, samples, heldout=heldout_setting(manifest))
     board, ranked = leaderboard_section(head, criterion(manifest))
     plots = tuple(Plot(key, PLOT_FILES[key], TITLES[key], png) for key, png in plot_all(df, entries).items())
     wanted = {"headline.csv": head is not None, "headline.tex": head is not None, "leaderboard.csv": bool(ranked)}

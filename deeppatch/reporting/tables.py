@@ -334,12 +334,22 @@ def _num(value: object) -> str:
 # ---------------------------------------------------------------------------------------------------------
 # the headline
 
-HEADLINE_CHANGES = ("clean", "blur mean", "corruptions mean")  # columns with a Δ against the reference
+HEADLINE_CHANGES = ("clean", "blur mean", "corruptions mean", "held-out corruptions mean",
+                    "seen corruptions mean")  # columns with a Δ against the reference
 
 
-def headline(df: pd.DataFrame, entries: pd.DataFrame, samples: Samples) -> Table | None:
+def heldout_corruptions(rows: pd.DataFrame) -> list[str]:
+    """The corruption types the corruptions suite was told the maintenance never saw (its `heldout`)."""
+    names: set[str] = set()
+    for text in rows["settings"].dropna().unique():
+        names.update(str(c) for c in (_settings(text).get("heldout") or []))
+    return sorted(names)
+
+
+def headline(df: pd.DataFrame, entries: pd.DataFrame, samples: Samples, heldout: Sequence[str] = ()) -> Table | None:
     """One row per entry: clean and robust accuracies, their changes from the model under maintenance, attacks
-    (worst case over strategies for switched models), cost."""
+    (worst case over strategies for switched models), cost. `heldout`: corruption types the maintenance never
+    saw (the corruptions suite's setting), reported apart from the others."""
     parts: list[pd.DataFrame] = []
     columns: list[Column] = []
     notes = []
@@ -364,6 +374,15 @@ def headline(df: pd.DataFrame, entries: pd.DataFrame, samples: Samples) -> Table
     add("corruptions mean", stored_or_mean(df, "corruptions", "mean", plain_corr), Column("corruptions mean", HIGHER))
     if "corruptions mean" in {c.name for c in columns}:
         notes.append("corruptions mean: over all corruptions and severities.")
+    held = sorted(set(heldout) | set(heldout_corruptions(plain_corr)))
+    if held:
+        is_held = plain_corr["group"].isin(held)
+        add("held-out corruptions mean", stored_or_mean(df, "corruptions", "held-out/mean", plain_corr[is_held]),
+            Column("held-out corruptions mean", HIGHER))
+        add("seen corruptions mean", stored_or_mean(df, "corruptions", "seen/mean", plain_corr[~is_held]),
+            Column("seen corruptions mean", HIGHER))
+        notes.append(f"held-out corruptions mean: over the corruption types the maintenance never saw "
+                     f"({', '.join(held)}); seen corruptions mean: over the others.")
 
     attacks = attack_rows(df)
     conditions = condition_order(attacks)

@@ -21,7 +21,7 @@ from perf_data import smooth_images, zoo_model
 from deeppatch.data import TensorSplit, to_float
 from deeppatch.evaluation import predict
 from deeppatch.seeding import derive_seed
-from deeppatch.technique.gating import PathSwitch, early_activations, gate_tap
+from deeppatch.technique.gating import GateFit, PathSwitch, early_activations, gate_tap
 from deeppatch.technique.patching import PatchedNetwork, plan_patches
 from deeppatch.technique.switch import LearnedGate, ReferenceGate, SwitchedModel
 
@@ -46,7 +46,7 @@ def switched_inputs(n_images: int, gate: str, routing: str, device: str = "cpu"
         reference.tau.fill_(torch.quantile(reference.disagreement(a_orig, a_patch), 1 - ROUTED).item())
         with torch.random.fork_rng():
             torch.manual_seed(derive_seed(0, "perf", "gate"))
-            learned = LearnedGate(a_orig.shape[1]).eval()
+            learned = LearnedGate(a_orig.shape[1], GateFit.width, GateFit.stride).eval()  # the deployed size
         learned.threshold.fill_(torch.quantile(learned.logit(a_orig), 1 - ROUTED).item())
     model = SwitchedModel(network, reference, learned, gate=gate, routing=routing).eval()
     dev = torch.device(device)
@@ -105,7 +105,7 @@ def path_switch_inputs(n_images: int, device: str = "cpu") -> tuple[torch.nn.Mod
         a = early_activations(base, tap, probe)
         with torch.random.fork_rng():
             torch.manual_seed(derive_seed(0, "perf", "gate"))
-            gate = LearnedGate(a.shape[1]).eval()
+            gate = LearnedGate(a.shape[1], GateFit.width, GateFit.stride).eval()  # the deployed size
         gate.threshold.fill_(torch.quantile(gate.logit(a), 1 - ROUTED).item())
     model = PathSwitch(base, repaired, gate, tap).eval()
     dev = torch.device(device)

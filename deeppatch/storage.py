@@ -16,7 +16,7 @@ import os
 import secrets
 import time
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,6 +95,20 @@ def read_json(path: str | os.PathLike) -> Any:
         raise DeepPatchError(f"file not found: {str(p)!r}") from exc
     except json.JSONDecodeError as exc:
         raise DeepPatchError(f"{str(p)!r} is not valid JSON: {exc}") from exc
+
+
+def tensors_digest(named: Iterable[tuple[str, Any]], length: int = 16) -> str:
+    """A short sha256 over named tensors (name, dtype, shape and bytes of each): cache keys that must
+    change whenever the data or the weights do."""
+    import torch  # lazy: specs and reports use this module without paying for a torch import
+
+    h = hashlib.sha256()
+    for name, tensor in named:
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:length]
 
 
 def safe_torch_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:

@@ -7,7 +7,6 @@ recorded with its error under failures/ and does not stop the others.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -40,7 +39,7 @@ from deeppatch.results import (
     write_cell_samples,
 )
 from deeppatch.seeding import seed_everything
-from deeppatch.storage import Workspace, atomic_write_json, cached, file_lock, stable_hash
+from deeppatch.storage import Workspace, atomic_write_json, cached, file_lock, stable_hash, tensors_digest
 from deeppatch.technique.gating import GateFit, SwitchedCorrector
 from deeppatch.versions import device_name, environment_versions
 
@@ -235,13 +234,8 @@ def _run_cell(cell: Cell, results_dir: Path, *, device: torch.device | None,
 
 
 def model_digest(model: nn.Module) -> str:
-    """A digest of a model's class and every tensor of its state (names, dtypes, shapes, bytes)."""
-    h = hashlib.sha256(type(model).__qualname__.encode())
-    for name, tensor in model.state_dict().items():
-        t = tensor.detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()[:16]
+    """A digest of a model's class and every tensor of its state."""
+    return tensors_digest([("class " + type(model).__qualname__, torch.empty(0)), *model.state_dict().items()])
 
 
 def evaluation_key(cell: Cell, model: nn.Module) -> dict[str, Any]:

@@ -13,7 +13,6 @@ Every row carries its source in `source`, in `settings` and as the first part of
 
 from __future__ import annotations
 
-import hashlib
 import time
 import warnings
 from pathlib import Path
@@ -29,7 +28,7 @@ from deeppatch.evaluation import predict
 from deeppatch.perturbations.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from deeppatch.results import SuiteRow
 from deeppatch.seeding import make_generator
-from deeppatch.storage import atomic_torch_save, safe_torch_load
+from deeppatch.storage import atomic_torch_save, safe_torch_load, tensors_digest
 from deeppatch.suites.base import Suite, SuiteContext
 
 SOURCES = ("auto", "canonical", "generated")
@@ -64,11 +63,7 @@ def generate_corrupted_set(
 
 def data_digest(split: TensorSplit) -> str:
     """A short fingerprint of the test images and labels, part of the cache key."""
-    h = hashlib.sha256()
-    h.update(str(tuple(split.x.shape)).encode() + str(split.x.dtype).encode())
-    h.update(split.x.cpu().contiguous().numpy().tobytes())
-    h.update(split.y.cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
+    return tensors_digest([("x", split.x), ("y", split.y)])
 
 
 def _as_list(value, what: str) -> list:

@@ -13,7 +13,6 @@ neighbours of the full set that vary that gene).
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +36,7 @@ from deeppatch.perturbations.spatial import (
 )
 from deeppatch.results import SuiteRow
 from deeppatch.seeding import make_generator
-from deeppatch.storage import atomic_torch_save, safe_torch_load
+from deeppatch.storage import atomic_torch_save, safe_torch_load, tensors_digest
 from deeppatch.suites.base import Suite, SuiteContext
 
 CACHE_FORMAT = "deeppatch.spatial-neighbours/1"
@@ -56,11 +55,7 @@ class NeighbourSet:
 
 def fingerprint(split: TensorSplit) -> str:
     """Short hash of the base images and labels, so a cache entry never serves other data."""
-    h = hashlib.sha256()
-    h.update(str(tuple(split.x.shape)).encode())
-    h.update(split.x.detach().cpu().contiguous().numpy().tobytes())
-    h.update(split.y.detach().cpu().to(torch.int64).contiguous().numpy().tobytes())
-    return h.hexdigest()[:12]
+    return tensors_digest([("x", split.x), ("y", split.y)], length=12)
 
 
 def quantize(x: torch.Tensor) -> torch.Tensor:

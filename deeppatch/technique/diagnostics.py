@@ -15,42 +15,13 @@ from deeppatch.seeding import make_generator
 from deeppatch.technique.switch import GATES, ROUTINGS, SwitchedModel, auroc
 
 
-def validation_diagnostics(model: SwitchedModel, clean: TensorSplit, perturbed: TensorSplit, conditions: list[str],
-                           device: torch.device, split_name: str = "val") -> list[SuiteRow]:
-    """AUROC (clean vs each condition) and routing rates of both gates, as diagnostics rows."""
-    rows: list[SuiteRow] = []
-    n = len(clean)
-    saved = (model.gate, model.routing)
-    gates = ["reference"] + (["learned"] if model.learned_gate is not None else [])
-    for gate in gates:
-        model.configure(gate=gate, routing="per-sample")
-        routed, scores = [], []
-        for split in (clean, perturbed):
-            r, s = [], []
-            for x, _ in split.batches(512, device=device):
-                m, sc = model.decisions(x)
-                r.append(m.cpu())
-                s.append(sc.float().cpu())
-            routed.append(torch.cat(r))
-            scores.append(torch.cat(s))
-        settings = {"gate": gate, "split": split_name}
-        rows.append(SuiteRow("diagnostics", f"{split_name}/{gate}/clean routed original",
-                             100.0 * (~routed[0]).float().mean().item(), n, group="routing",
-                             metric="routing_accuracy", settings=settings))
-        for i, cond in enumerate(conditions):
-            sl = slice(i * n, (i + 1) * n)
-            rows.append(SuiteRow("diagnostics", f"{split_name}/{gate}/{cond} routed patched",
-                                 100.0 * routed[1][sl].float().mean().item(), n, group="routing",
-                                 metric="routing_accuracy", settings=settings))
-            rows.append(SuiteRow("diagnostics", f"{split_name}/{gate}/{cond} auroc", auroc(scores[0], scores[1][sl]),
-                                 2 * n, group="auroc", metric="auroc", settings=settings))
-    model.configure(gate=saved[0], routing=saved[1])
-    return rows
+def _gates(model: SwitchedModel) -> list[str]:
+    return [g for g in GATES if g != "learned" or model.learned_gate is not None]
 
 
 def gate_probe(model: SwitchedModel) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
     """For `path_pass`: every gate's per-sample decision and score on a batch."""
-    gates = [g for g in GATES if g != "learned" or model.learned_gate is not None]
+    gates = _gates(model)
 
     def probe(x: torch.Tensor) -> dict[str, torch.Tensor]:
         saved = (model.gate, model.routing)
@@ -65,6 +36,46 @@ def gate_probe(model: SwitchedModel) -> Callable[[torch.Tensor], dict[str, torch
         return out
 
     return probe
+
+
+def gate_rows(gates: list[str], split_name: str, clean: dict[str, Any],
+              conditions: list[tuple[str, dict[str, Any]]]) -> list[SuiteRow]:
+    """Per gate: the share of clean inputs kept on the original, and per condition the share routed to
+    the patch and the AUROC clean vs that condition; from `gate_probe` outputs."""
+    rows: list[SuiteRow] = []
+    for gate in gates:
+        n = len(clean[f"{gate}/routed"])
+        settings = {"gate": gate, "split": split_name}
+        rows.append(SuiteRow("diagnostics", f"{split_name}/{gate}/clean routed original",
+                             100.0 * (~clean[f"{gate}/routed"]).float().mean().item(), n, group="routing",
+                             metric="routing_accuracy", settings=settings))
+        for cond, item in conditions:
+            rows.append(SuiteRow("diagnostics", f"{split_name}/{gate}/{cond} routed patched",
+                                 100.0 * item[f"{gate}/routed"].float().mean().item(), n, group="routing",
+                                 metric="routing_accuracy", settings=settings))
+            rows.append(SuiteRow("diagnostics", f"{split_name}/{gate}/{cond} auroc",
+                                 auroc(clean[f"{gate}/score"], item[f"{gate}/score"]), 2 * n, group="auroc",
+                                 metric="auroc", settings=settings))
+    return rows
+
+
+def _probe_split(model: SwitchedModel, split: TensorSplit, device: torch.device) -> dict[str, torch.Tensor]:
+    probe = gate_probe(model)
+    parts: dict[str, list[torch.Tensor]] = {}
+    for x, _ in split.batches(512, device=device):
+        for key, value in probe(x).items():
+            parts.setdefault(key, []).append(value.cpu())
+    return {key: torch.cat(values) for key, values in parts.items()}
+
+
+def validation_diagnostics(model: SwitchedModel, clean: TensorSplit, perturbed: TensorSplit, conditions: list[str],
+                           device: torch.device, split_name: str = "val") -> list[SuiteRow]:
+    """AUROC (clean vs each condition) and routing rates of both gates, as diagnostics rows."""
+    n = len(clean)
+    probed_clean, probed = _probe_split(model, clean, device), _probe_split(model, perturbed, device)
+    per_condition = [(cond, {k: v[i * n:(i + 1) * n] for k, v in probed.items()})
+                     for i, cond in enumerate(conditions)]
+    return gate_rows(_gates(model), split_name, probed_clean, per_condition)
 
 
 def _routed(item: dict[str, Any], gate: str, routing: str) -> torch.Tensor:
@@ -83,23 +94,10 @@ def switch_rows(model: SwitchedModel, family: Perturbation, passes: list[dict[st
     """Routing and AUROC per gate, and clean / mean / union accuracy per variant (the switch off, each
     gate x routing mode), as "diagnostics" rows, from a `path_pass` made with `gate_probe`: each
     variant's predictions are the path its gate picks, so no variant runs the models again."""
-    gates = [g for g in GATES if g != "learned" or model.learned_gate is not None]
-    clean, conditions = passes[0], passes[1:]
+    gates = _gates(model)
+    clean = passes[0]
     n = len(clean["y"])
-    rows: list[SuiteRow] = []
-    for gate in gates:
-        settings = {"gate": gate, "split": "test"}
-        rows.append(SuiteRow("diagnostics", f"test/{gate}/clean routed original",
-                             100.0 * (~clean[f"{gate}/routed"]).float().mean().item(), n, group="routing",
-                             metric="routing_accuracy", settings=settings))
-        for item in conditions:
-            cond = item["condition"]
-            rows.append(SuiteRow("diagnostics", f"test/{gate}/{cond} routed patched",
-                                 100.0 * item[f"{gate}/routed"].float().mean().item(), n, group="routing",
-                                 metric="routing_accuracy", settings=settings))
-            rows.append(SuiteRow("diagnostics", f"test/{gate}/{cond} auroc",
-                                 auroc(clean[f"{gate}/score"], item[f"{gate}/score"]), 2 * n, group="auroc",
-                                 metric="auroc", settings=settings))
+    rows = gate_rows(gates, "test", clean, [(item["condition"], item) for item in passes[1:]])
     variants: list[tuple[str, dict[str, str], Callable[[dict[str, Any]], torch.Tensor]]] = [
         ("switch=off (always patched)", {"mode": "patched"}, lambda item: item["repaired"])]
     for gate in gates:

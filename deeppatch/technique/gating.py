@@ -32,7 +32,7 @@ import copy
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -282,13 +282,14 @@ def _holdout_metrics(logits: torch.Tensor, threshold: float, val: Mapping[str, t
     ok_s = torch.where(routed, ok_r, ok_o).float()
     per: dict[str, dict[str, float]] = {}
     worst, shortfall = math.inf, 0.0
-    for c in sorted(set(cond.tolist())):
+    conditions = sorted(set(cond.tolist()))
+    for c in conditions:
         sel = cond == c
         row = {"switched": ok_s[sel].mean().item() * 100, "original": ok_o[sel].float().mean().item() * 100,
                "repaired": ok_r[sel].float().mean().item() * 100}
         per[str(c)] = row
         gap = row["switched"] - max(row["original"], row["repaired"])
-        worst, shortfall = min(worst, gap), shortfall - min(gap, 0.0) / len(set(cond.tolist()))
+        worst, shortfall = min(worst, gap), shortfall - min(gap, 0.0) / len(conditions)
     return {"holdout_switched_accuracy": ok_s.mean().item() * 100,
             "holdout_original_accuracy": ok_o.float().mean().item() * 100,
             "holdout_repaired_accuracy": ok_r.float().mean().item() * 100,
@@ -381,8 +382,8 @@ def fit_best_gate(features: Callable[[torch.Tensor], torch.Tensor], val: Mapping
         raise unknown_choice("gate target", target, GATE_TARGETS)
     feats = GateFeatures(features, val["x"])
     if target != "auto":
-        return fit_gate(feats, val, target, device, GateFit(**{**cfg.__dict__, "history": []}))
-    fits = {t: fit_gate(feats, val, t, device, GateFit(**{**cfg.__dict__, "history": []})) for t in AUTO_CANDIDATES}
+        return fit_gate(feats, val, target, device, replace(cfg, history=[]))
+    fits = {t: fit_gate(feats, val, t, device, replace(cfg, history=[])) for t in AUTO_CANDIDATES}
 
     least = min(info["holdout_shortfall"] for _, info in fits.values())
     best = next(t for t in AUTO_CANDIDATES if fits[t][1]["holdout_shortfall"] <= least + AUTO_TOLERANCE)
@@ -430,7 +431,7 @@ class SwitchedCorrector(Corrector):
         pv = perturbed_val(task)
         val = validation_paths(pv.clean, pv.perturbed, original, repaired, task.device, task.seed,
                                self.gate_fit.holdout)
-        cfg = GateFit(**{**self.gate_fit.__dict__, "seed": task.seed, "history": []})
+        cfg = replace(self.gate_fit, seed=task.seed, history=[])
         gate, info = fit_best_gate(lambda x: early_activations(original, tap, x), val, self.target, task.device, cfg)
         model = PathSwitch(original, repaired, gate, tap, target=info["target"]).eval()
         extra = {"inner_kind": inner.kind, "inner_extra": inner.extra, "tap": tap, "gate": info,
